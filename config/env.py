@@ -1,0 +1,169 @@
+"""A small, strict reader for settings that come from the environment.
+
+Every reader names the variable in its error, so a bad deploy fails at start-up
+with a message an operator can act on, instead of half-working later.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_MISSING: Any = object()
+
+
+def _raw(name: str, default: Any) -> str | Any:
+    value = os.environ.get(name)
+    if value is None:
+        if default is _MISSING:
+            raise ImproperlyConfigured(f"{name} is required but is not set in the environment.")
+        return default
+    return value.strip()
+
+
+def env_str(name: str, default: Any = _MISSING) -> str:
+    return _raw(name, default)
+
+
+def env_bool(name: str, default: Any = _MISSING) -> bool:
+    value = _raw(name, default)
+    if isinstance(value, bool):
+        return value
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean; use one of 1/0, true/false, yes/no, on/off.")
+
+
+def env_int(name: str, default: Any = _MISSING, *, minimum: int | None = None) -> int:
+    value = _raw(name, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}.")
+    return number
+
+
+def env_float(
+    name: str, default: Any = _MISSING, *, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    value = _raw(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}.")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name}={number} is above the maximum of {maximum}.")
+    return number
+
+
+def env_list(name: str, default: Any = _MISSING) -> list[str]:
+    value = _raw(name, default)
+    if isinstance(value, list):
+        return value
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse '90', '90s', '15m', '2h' or '7d' into a timedelta; raise ValueError otherwise."""
+    text = text.strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+    seconds = float(number) * _DURATION_UNITS[unit]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return timedelta(seconds=seconds)
+
+
+def env_duration(name: str, default: Any = _MISSING) -> timedelta:
+    value = _raw(name, default)
+    if isinstance(value, timedelta):
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not a duration; use seconds or a number with s, m, h or d (for example 15m)."
+        ) from None
+
+
+_DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
+
+
+def env_database(name: str, default: str) -> dict[str, Any]:
+    """Parse a database URL (postgres:// or sqlite://) into a Django DATABASES entry."""
+    value = _raw(name, default)
+    try:
+        config = dj_database_url.parse(value)
+    except Exception as exc:  # dj-database-url raises several types, all meaning "malformed"
+        raise ImproperlyConfigured(f"{name} is not a valid database URL ({exc}).") from None
+    if config.get("ENGINE") not in _DATABASE_ENGINES:
+        raise ImproperlyConfigured(f"{name} must be a postgres:// or sqlite:// URL, got {value.split(':', 1)[0]!r}.")
+    if not config.get("NAME"):
+        raise ImproperlyConfigured(f"{name} does not name a database (the path after the host).")
+    return config
+
+
+_EMAIL_BACKENDS = {
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "smtps": "django.core.mail.backends.smtp.EmailBackend",
+    "submission": "django.core.mail.backends.smtp.EmailBackend",
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+    "dummy": "django.core.mail.backends.dummy.EmailBackend",
+}
+
+
+def env_email(name: str, default: str) -> dict[str, Any]:
+    """Parse an email URL such as smtp://user:pass@host:587?tls=1 or console:// into EMAIL_* settings."""
+    value = _raw(name, default)
+    parts = urlsplit(value)
+    backend = _EMAIL_BACKENDS.get(parts.scheme)
+    if backend is None:
+        raise ImproperlyConfigured(
+            f"{name}={value.split('://', 1)[0]!r} is not a known email scheme; use one of "
+            f"{', '.join(sorted(_EMAIL_BACKENDS))} (for example smtp://user:pass@host:587?tls=1)."
+        )
+    settings: dict[str, Any] = {"EMAIL_BACKEND": backend}
+    if backend.endswith("smtp.EmailBackend"):
+        if not parts.hostname:
+            raise ImproperlyConfigured(f"{name} has no host; write it as smtp://user:pass@host:port.")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} has a port that is not a number.") from None
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        use_ssl = parts.scheme == "smtps" or query.get("ssl", "").lower() in _TRUE
+        use_tls = parts.scheme == "submission" or query.get("tls", "").lower() in _TRUE
+        if use_ssl and use_tls:
+            raise ImproperlyConfigured(f"{name} asks for both ssl and tls; pick one.")
+        settings.update(
+            EMAIL_HOST=parts.hostname,
+            EMAIL_PORT=port or (465 if use_ssl else 587 if use_tls else 25),
+            EMAIL_HOST_USER=unquote(parts.username or ""),
+            EMAIL_HOST_PASSWORD=unquote(parts.password or ""),
+            EMAIL_USE_SSL=use_ssl,
+            EMAIL_USE_TLS=use_tls,
+        )
+        if "timeout" in query:
+            try:
+                settings["EMAIL_TIMEOUT"] = float(query["timeout"])
+            except ValueError:
+                raise ImproperlyConfigured(f"{name} has a timeout that is not a number.") from None
+    return settings

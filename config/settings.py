@@ -1,0 +1,303 @@
+"""Settings for every process (web, worker, beat), read from the environment.
+
+Nothing set gives a local setup that runs with no servers: SQLite and a file-based
+broker under ./var. Docker compose and CI set real URLs. See README "Configuration".
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
+
+from config.env import (
+    env_bool,
+    env_database,
+    env_duration,
+    env_email,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+# Fail closed: production is the default, and the run command turns DEBUG on.
+DEBUG = env_bool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = env_str("SECRET_KEY", "")
+    if key:
+        return key
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off; set it in the environment.")
+    # Local development only: a random key kept in the data folder, so that every
+    # process (web, worker, beat) signs with the same key and sessions survive restarts.
+    key_file = DATA_DIR / "dev-secret-key"
+    if not key_file.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+try:
+    ZoneInfo(TIME_ZONE)
+except (ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(f"TIME_ZONE={TIME_ZONE!r} is not an IANA time zone such as Europe/Amsterdam.") from None
+USE_TZ = True
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "django_celery_results",
+    "ops",
+    "orders",
+    "notifications",
+    "reports",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
+# Persistent connections: web requests and worker tasks reuse one connection per
+# process instead of paying a PostgreSQL handshake each time. Health checks make a
+# connection that died while idle get replaced before it is used.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 600, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets web, worker and beat read while one of them writes; IMMEDIATE
+    # transactions plus a busy timeout make writers queue instead of failing.
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# --- Static and media files ---------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(DATA_DIR / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+
+# --- Email ------------------------------------------------------------------
+globals().update(env_email("EMAIL_URL", "console://"))
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Shop <shop@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- Security (HTTPS behind a proxy in production) ----------------------------
+_proxy_header = env_str("SECURE_PROXY_SSL_HEADER", "")
+if _proxy_header:
+    # The proxy sets this header to "https"; only trust it when a proxy strips
+    # whatever the client sent, which is why it is off unless configured.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# --- Logging ------------------------------------------------------------------
+# One configuration for every process. Celery is told not to touch logging
+# (see config/celery.py), so worker and beat logs go through this too.
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"task_context": {"()": "ops.logging.TaskContextFilter"}},
+    "formatters": {
+        "standard": {
+            "format": "%(asctime)s %(levelname)-7s %(processName)s %(name)s %(task_ref)s%(message)s",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "standard",
+            "filters": ["task_context"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "celery": {"level": LOG_LEVEL},
+    },
+}
+
+# --- Celery -----------------------------------------------------------------
+# Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads
+# them through the namespace. The README explains each one for operators.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost/")
+if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "filesystem://")):
+    _scheme = CELERY_BROKER_URL.split(":")[0]
+    raise ImproperlyConfigured(f"CELERY_BROKER_URL must be a redis://, rediss:// or filesystem:// URL, not {_scheme}.")
+# The longest delay any task is retried with; the visibility timeout must exceed it.
+TASK_RETRY_BACKOFF_MAX = 600
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The embedded broker: messages are files under var/broker, so nothing needs
+    # installing locally. The control folder carries broadcasts such as inspect ping.
+    _broker_dir = DATA_DIR / "broker"
+    for _sub in ("queue", "processed", "control"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Redis redelivers an unacknowledged message after this long. It must be
+        # longer than any countdown/ETA and any task's run time, or a task that is
+        # merely waiting or still running gets delivered a second time.
+        "visibility_timeout": 2 * 60 * 60,
+    }
+# Keep retrying the broker when it is not up yet (compose start order, restarts).
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+# Never unpickle what arrives from the broker or the result store.
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+
+CELERY_RESULT_BACKEND = "django-db"
+# Store task name, args, kwargs, worker and queue, so the admin can show them.
+CELERY_RESULT_EXTENDED = True
+# Beat's built-in celery.backend_cleanup deletes results older than this, daily.
+CELERY_RESULT_EXPIRES = env_duration("CELERY_RESULT_EXPIRES", "7d")
+# Record STARTED, so staff can tell a running task from one still in the queue.
+CELERY_TASK_TRACK_STARTED = True
+
+# Acknowledge after the task finishes, so a crash redelivers it instead of losing it.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A child killed mid-task (OOM, SIGKILL) is retried like Task.retry(): it counts
+# against max_retries, so a task that kills its worker every time ends FAILED
+# instead of looping. The delay is the base task's default_retry_delay (seconds).
+CELERY_TASK_RETRY_ON_WORKER_LOST = True
+# Take one message per free process: long tasks never sit behind another
+# process's prefetched backlog, and acks_late keeps the rest on the broker.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Defaults for every task; tasks with known shapes set tighter ones.
+CELERY_TASK_SOFT_TIME_LIMIT = 5 * 60
+CELERY_TASK_TIME_LIMIT = 6 * 60
+# When the broker connection drops, unacked tasks will be redelivered anyway, so
+# stop running them instead of finishing work that someone else repeats.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# On shutdown (compose maps SIGTERM to a cold shutdown), running tasks get this
+# long to finish before they are cancelled and requeued. Compose's
+# stop_grace_period is a little longer.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_int("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 60, minimum=0)
+# Logging is configured from LOGGING above, not by Celery.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Events for Flower and `celery events`.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+
+# Celery's Django fixup closes the database connection before and after every
+# task; with the django-db result backend that is a new PostgreSQL connection per
+# task (about 124 no-op tasks/s on 2 cores, against about 370/s with reuse).
+# With a reuse limit the fixup only closes every N tasks, and ops.worker closes
+# broken or CONN_MAX_AGE-expired connections around each task, so a connection
+# that failed in one task never reaches the next one.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
+
+# Three queues by the urgency of the work. Kombu's Redis transport reads a
+# worker's queues round-robin, so these names give no priority inside one
+# worker: priority comes from giving each queue its own workers (compose does).
+# Each queue gets its own routing key; without one, Celery binds them all to the
+# key "default" and a message would land in every queue.
+CELERY_TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in ("high_priority", "default", "low_priority"))
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# Refuse to invent queues from typos: a task routed to an unknown queue fails loudly.
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+# The routing table. Explicit task names first (they win over patterns), then
+# module defaults; anything else goes to the default queue.
+CELERY_TASK_ROUTES = {
+    # module defaults
+    "notifications.tasks.*": {"queue": "high_priority"},
+    "reports.tasks.*": {"queue": "low_priority"},
+    "orders.tasks.*": {"queue": "default"},
+}
+
+CELERY_TIMEZONE = TIME_ZONE
+# Schedules live in the database and staff edit them in the admin.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+DJANGO_CELERY_BEAT_TZ_AWARE = True

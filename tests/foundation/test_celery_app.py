@@ -1,0 +1,98 @@
+"""The Celery app: configuration through the CELERY namespace, routing and a real worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django_celery_results.models import TaskResult
+
+from config import celery_app
+from tests.support.processes import PROJECT_ROOT
+
+
+@celery_app.task(name="tests.foundation.echo")
+def echo(value: str, *, times: int = 1) -> str:
+    return value * times
+
+
+def test_it_reads_celery_settings_through_the_namespace() -> None:
+    conf = celery_app.conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.task_retry_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert conf.result_backend == "django-db"
+    assert conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
+    assert conf.timezone == settings.TIME_ZONE
+    assert conf.task_default_queue == "default"
+    assert [queue.name for queue in conf.task_queues] == ["high_priority", "default", "low_priority"]
+
+
+def test_it_takes_celery_values_from_the_environment_through_django_settings() -> None:
+    script = "from config import celery_app; print(celery_app.conf.result_expires.total_seconds())"
+    env = {**_base_env(), "CELERY_RESULT_EXPIRES": "3d"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) == timedelta(days=3).total_seconds()
+
+
+def test_visibility_timeout_outlasts_every_retry_countdown_and_time_limit() -> None:
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    celery_app.loader.import_default_modules()
+    longest_limit = max((task.time_limit or settings.CELERY_TASK_TIME_LIMIT) for name, task in celery_app.tasks.items())
+    assert timeout > settings.TASK_RETRY_BACKOFF_MAX
+    assert timeout > longest_limit
+
+
+def test_base_task_retries_a_lost_worker_within_seconds() -> None:
+    task = celery_app.tasks["tests.foundation.echo"]
+    assert task.retry_on_worker_lost is True
+    assert 0 < task.default_retry_delay <= 10
+    assert task.max_retries is not None
+
+
+@pytest.mark.parametrize(
+    ("task_name", "queue"),
+    [
+        ("notifications.tasks.anything", "high_priority"),
+        ("reports.tasks.anything", "low_priority"),
+        ("orders.tasks.anything", "default"),
+        ("somewhere.else.entirely", "default"),
+    ],
+)
+def test_it_routes_tasks_to_their_queue_on_the_real_broker(broker, task_name: str, queue: str) -> None:
+    celery_app.send_task(task_name, args=[1])
+
+    lengths = {q.name: broker.llen(q.name) for q in settings.CELERY_TASK_QUEUES}
+    assert lengths == {q.name: int(q.name == queue) for q in settings.CELERY_TASK_QUEUES}
+    message = json.loads(broker.lindex(queue, 0))
+    assert message["headers"]["task"] == task_name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_consumes_from_redis_and_stores_the_result_in_postgres(thread_worker) -> None:
+    result = echo.delay("ab", times=2)
+    assert result.get(timeout=20) == "abab"
+
+    row = TaskResult.objects.get(task_id=result.id)
+    assert row.status == "SUCCESS"
+    assert row.task_name == "tests.foundation.echo"
+    assert json.loads(row.result) == "abab"
+    assert "'ab'" in row.task_args
+    assert "'times': 2" in row.task_kwargs
+    assert row.worker
+    assert row.worker in thread_worker.hostname
+    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {key: value for key, value in os.environ.items() if key not in {"CELERY_RESULT_EXPIRES"}}

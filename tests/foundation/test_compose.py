@@ -1,0 +1,164 @@
+"""docker-compose.yml cannot be run here (no Docker engine), so check what it points at.
+
+Every command and health check of the app services must name modules, entry points,
+management commands and queues that really exist in this project.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import yaml
+from django.conf import settings
+from django.core.management import get_commands
+
+from tests.support.processes import PROJECT_ROOT
+
+COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = [name for name, service in SERVICES.items() if service.get("image") == "backoffice:latest"]
+QUEUES = {queue.name for queue in settings.CELERY_TASK_QUEUES}
+WORKERS = {"worker-high": "high_priority", "worker-default": "default", "worker-low": "low_priority"}
+
+
+def example_env() -> dict[str, str]:
+    values = {}
+    for line in (PROJECT_ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+def commands_in(text: str | list[str]) -> list[list[str]]:
+    """Split a compose command (or CMD-SHELL health check) into the simple commands it runs."""
+    words = text if isinstance(text, list) else shlex.split(text)
+    if words[:2] == ["sh", "-c"]:
+        return [shlex.split(part) for part in re.split(r"&&|;", words[2])]
+    return [words]
+
+
+def check_command(words: list[str]) -> None:
+    if words[0] == "exec":
+        words = words[1:]
+    if words[0] in {"test", "kill"}:
+        return  # shell built-ins in health checks; nothing project-specific to check
+    program, *args = words
+    if program == "python" and args[0] == "manage.py":
+        assert args[1] in get_commands(), f"manage.py has no command {args[1]!r}"
+    elif program == "python" and args[0] == "-c":
+        compile(args[1], "<healthcheck>", "exec")
+    elif program == "python":
+        assert (PROJECT_ROOT / args[0]).is_file(), f"{args[0]} does not exist"
+    elif program == "gunicorn":
+        module, _, attribute = args[0].partition(":")
+        assert hasattr(importlib.import_module(module), attribute), f"{args[0]} does not exist"
+    elif program == "celery":
+        assert args[:2] == ["-A", "config"], "every celery command must load the project app"
+        subcommand = args[2]
+        if subcommand == "beat":
+            scheduler = args[args.index("-S") + 1]
+            schedulers = {ep.name for ep in entry_points(group="celery.beat_schedulers")}
+            assert scheduler in schedulers, f"no beat scheduler named {scheduler!r}"
+        elif subcommand == "flower":
+            assert "flower" in {ep.name for ep in entry_points(group="celery.commands")}
+        elif subcommand == "worker":
+            assert set(args[args.index("-Q") + 1].split(",")) <= QUEUES
+        else:
+            assert subcommand == "inspect", f"unexpected celery subcommand {subcommand!r}"
+    else:
+        pytest.fail(f"unknown program {program!r} in docker-compose.yml")
+
+
+def test_it_has_every_process_of_the_stack() -> None:
+    assert {"postgres", "redis", "web", "beat", "flower", *WORKERS} <= set(SERVICES)
+    assert set(APP_SERVICES) == {"web", "beat", "flower", *WORKERS}
+    assert (PROJECT_ROOT / SERVICES["web"]["build"]).resolve() == PROJECT_ROOT
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_app_command_points_at_something_that_exists(name: str) -> None:
+    for words in commands_in(SERVICES[name]["command"]):
+        check_command(words)
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "postgres", "redis"])
+def test_every_service_has_a_health_check_that_points_at_something_that_exists(name: str) -> None:
+    test = SERVICES[name]["healthcheck"]["test"]
+    assert test[0] in {"CMD", "CMD-SHELL"}
+    if name in APP_SERVICES:
+        for words in commands_in(test[1:] if test[0] == "CMD" else test[1]):
+            check_command(words)
+
+
+@pytest.mark.parametrize(("name", "queue"), WORKERS.items())
+def test_each_queue_class_has_its_own_worker_that_pings_itself(name: str, queue: str) -> None:
+    words = shlex.split(SERVICES[name]["command"])
+    assert words[words.index("-Q") + 1] == queue
+    nodename = words[words.index("-n") + 1]
+    assert nodename.endswith("@%h")
+    health = SERVICES[name]["healthcheck"]["test"][1]
+    assert f"inspect ping -d {nodename.split('@')[0]}@$$HOSTNAME" in health
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_get_their_soft_shutdown_time_before_docker_kills_them(name: str) -> None:
+    service = SERVICES[name]
+    soft_timeout = int(example_env()["CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT"])
+    grace = int(service["stop_grace_period"].rstrip("s"))
+    assert service["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
+    assert soft_timeout < grace <= soft_timeout + 10
+
+
+def test_there_is_exactly_one_beat_reading_schedules_from_the_database() -> None:
+    beats = [name for name in APP_SERVICES if " beat " in f" {SERVICES[name]['command']} "]
+    assert beats == ["beat"]
+    assert "-S django" in SERVICES["beat"]["command"]
+    assert "deploy" not in SERVICES["beat"] or SERVICES["beat"]["deploy"].get("replicas", 1) == 1
+
+
+def test_the_broker_does_not_silently_lose_queued_work() -> None:
+    command = SERVICES["redis"]["command"]
+    assert "--appendonly yes" in command
+    assert "--appendfsync everysec" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert any(volume.endswith(":/data") for volume in SERVICES["redis"]["volumes"])
+
+
+def test_postgres_keeps_its_data_in_a_volume() -> None:
+    assert any(volume.endswith(":/var/lib/postgresql/data") for volume in SERVICES["postgres"]["volumes"])
+
+
+def test_app_services_wait_for_healthy_dependencies() -> None:
+    web = SERVICES["web"]["depends_on"]
+    assert web["postgres"]["condition"] == web["redis"]["condition"] == "service_healthy"
+    for name in APP_SERVICES:
+        if name != "web":
+            assert SERVICES[name]["depends_on"]["web"]["condition"] == "service_healthy"
+
+
+def test_web_migrates_then_serves_with_gunicorn() -> None:
+    steps = commands_in(SERVICES["web"]["command"])
+    assert steps[0][:3] == ["python", "manage.py", "migrate"]
+    assert steps[-1][:2] == ["exec", "gunicorn"]
+
+
+def test_every_variable_compose_needs_is_in_the_committed_example_and_env_is_not_committed() -> None:
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    needed = set(re.findall(r"\$\{([A-Z_]+)", text))
+    assert needed <= set(example_env())
+    assert all(service.get("env_file") == ".env" for name, service in SERVICES.items() if name in APP_SERVICES)
+    assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
+    assert not Path(PROJECT_ROOT / ".env").exists() or ".env" not in _tracked_files()
+
+
+def _tracked_files() -> list[str]:
+    import subprocess
+
+    result = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    return result.stdout.splitlines()

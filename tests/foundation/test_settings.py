@@ -1,0 +1,93 @@
+"""Settings come from the environment; bad values stop start-up and name the variable."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import PROJECT_ROOT
+
+CONTRACT_VARIABLES = ("DATABASE_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "TIME_ZONE")
+
+
+def clean_env(tmp_path: Path, **values: str) -> dict[str, str]:
+    """The process environment without any project settings, plus the given values."""
+    env = {key: value for key, value in os.environ.items() if key not in (*CONTRACT_VARIABLES, "EMAIL_URL")}
+    env["DATA_DIR"] = str(tmp_path)
+    env.update(values)
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"DATABASE_URL": "postgres://user@db:notaport/shop"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "mysql://user@db/shop"}, "DATABASE_URL"),
+        ({"DEBUG": "0"}, "SECRET_KEY"),
+        ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"TIME_ZONE": "Mars/Olympus_Mons"}, "TIME_ZONE"),
+        ({"EMAIL_URL": "pigeon://coop"}, "EMAIL_URL"),
+        ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
+        ({"DATABASE_CONN_MAX_AGE": "forever"}, "DATABASE_CONN_MAX_AGE"),
+    ],
+)
+def test_it_refuses_to_start_with_a_bad_value_and_names_the_variable(
+    tmp_path: Path, values: dict[str, str], named: str
+) -> None:
+    env = clean_env(tmp_path, **values)
+    if named != "SECRET_KEY":
+        env.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+
+    result = manage(env, "check")
+
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "ImproperlyConfigured" in last_line
+    assert named in last_line
+
+
+def test_it_runs_with_embedded_defaults_when_nothing_is_set(tmp_path: Path) -> None:
+    result = manage(clean_env(tmp_path, DEBUG="1"), "describe_setup")
+
+    assert result.returncode == 0, result.stderr
+    assert f"SQLite at {tmp_path / 'db.sqlite3'}" in result.stdout
+    assert "embedded file broker" in result.stdout
+
+
+def test_debug_is_off_unless_turned_on(tmp_path: Path) -> None:
+    script = "from django.conf import settings; print(settings.DEBUG)"
+    env = clean_env(tmp_path, SECRET_KEY=secrets.token_urlsafe(50), DJANGO_SETTINGS_MODULE="config.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {script}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_check_deploy_is_clean_with_the_production_env_example(tmp_path: Path) -> None:
+    example = {}
+    for line in (PROJECT_ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            example[key] = value
+    # The example leaves the secret empty on purpose; an operator generates one.
+    assert example["SECRET_KEY"] == ""
+    example["SECRET_KEY"] = secrets.token_urlsafe(50)
+    env = clean_env(tmp_path, **example)
+
+    result = manage(env, "check", "--deploy", "--fail-level", "DEBUG")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout

@@ -1,0 +1,62 @@
+"""Workers reuse their database connection, and a broken one never reaches the next task."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from config import celery_app
+
+
+@celery_app.task(name="tests.foundation.backend_pid")
+def backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+@celery_app.task(name="tests.foundation.kill_own_connection")
+def kill_own_connection() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_reuses_the_connection_across_tasks(thread_worker: object) -> None:
+    first = backend_pid.delay().get(timeout=20)
+    second = backend_pid.delay().get(timeout=20)
+    assert first == second
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_broken_inside_a_task_is_replaced_before_the_next_task(thread_worker: object) -> None:
+    before = backend_pid.delay().get(timeout=20)
+    broken = kill_own_connection.delay()
+    with pytest.raises(Exception, match="terminat"):
+        broken.get(timeout=20)
+
+    after = backend_pid.delay().get(timeout=20)
+    assert after != before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_dropped_while_idle_is_replaced_before_the_next_task(thread_worker: object) -> None:
+    before = backend_pid.delay().get(timeout=20)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [before])
+
+    after = backend_pid.delay().get(timeout=20)
+    assert after != before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_that_breaks_its_connection_still_records_its_failure(thread_worker: object) -> None:
+    from django_celery_results.models import TaskResult
+
+    broken = kill_own_connection.delay()
+    with pytest.raises(Exception, match="terminat"):
+        broken.get(timeout=20)
+
+    row = TaskResult.objects.get(task_id=broken.id)
+    assert row.status == "FAILURE"
+    assert "terminating connection" in row.result
