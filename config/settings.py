@@ -18,6 +18,7 @@ from config.env import (
     env_database,
     env_duration,
     env_email,
+    env_float,
     env_int,
     env_list,
     env_str,
@@ -69,6 +70,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "django_celery_results",
     "ops",
+    "accounts",
     "orders",
     "notifications",
     "reports",
@@ -128,12 +130,14 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+CSRF_FAILURE_VIEW = "config.api.csrf_failure"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 # --- Static and media files ---------------------------------------------------
 STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(DATA_DIR / "media")))
@@ -198,6 +202,27 @@ LOGGING = {
         "celery": {"level": LOG_LEVEL},
     },
 }
+
+# --- Orders -------------------------------------------------------------------
+SHOP_CURRENCY = "EUR"
+# Dotted paths to the payment gateway and carrier; the defaults are sandboxes.
+PAYMENT_GATEWAY = env_str("PAYMENT_GATEWAY", "orders.sandbox.SandboxGateway")
+SHIPPING_CARRIER = env_str("SHIPPING_CARRIER", "orders.sandbox.SandboxCarrier")
+# The sandbox reads its behaviour from env because workers are separate processes.
+PAYMENT_SANDBOX_LATENCY_MS = env_int("PAYMENT_SANDBOX_LATENCY_MS", 20, minimum=0)
+PAYMENT_SANDBOX_TRANSIENT_RATE = env_float("PAYMENT_SANDBOX_TRANSIENT_RATE", 0.0, minimum=0, maximum=1)
+PAYMENT_SANDBOX_DECLINE_RATE = env_float("PAYMENT_SANDBOX_DECLINE_RATE", 0.0, minimum=0, maximum=1)
+# How long a task's claim on an order lasts without being renewed; each step renews
+# it. Longer than any single step, so a live task never loses its order.
+ORDER_LEASE_TIMEOUT = env_duration("ORDER_LEASE_TIMEOUT", "2m")
+# The sweep re-sends a pending order (or an expired lease) older than this.
+ORDER_REQUEUE_AFTER = env_duration("ORDER_REQUEUE_AFTER", "2m")
+# After this many claims an order is failed instead of tried again (a poison order).
+ORDER_MAX_ATTEMPTS = env_int("ORDER_MAX_ATTEMPTS", 12, minimum=1)
+# Limits on POST /api/orders/.
+ORDER_MAX_LINES = env_int("ORDER_MAX_LINES", 50, minimum=1)
+ORDER_MAX_QUANTITY = env_int("ORDER_MAX_QUANTITY", 1000, minimum=1)
+ORDER_MAX_BODY_BYTES = env_int("ORDER_MAX_BODY_BYTES", 16 * 1024, minimum=256)
 
 # --- Celery -----------------------------------------------------------------
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -12,10 +14,27 @@ from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.db import connection
 
-from tests.support.processes import WorkerProcess
+from tests.support.processes import PROJECT_ROOT, WorkerProcess
 
 # Keys kombu's Redis transport keeps besides the queues themselves.
 KOMBU_BOOKKEEPING = ("unacked", "unacked_index", "unacked_mutex")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker) -> Iterator[None]:
+    """pytest-django's test database, dropped at the end even if a stopped process's session lingers.
+
+    Worker threads, live-server threads and just-killed worker processes can leave
+    a PostgreSQL session behind for a moment, and DROP DATABASE refuses while one exists.
+    """
+    yield
+    if connection.settings_dict["NAME"] == urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/"):
+        return  # no test database was created in this run
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +44,12 @@ def _static_files_without_collectstatic(settings) -> None:
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    """Users made in-process need no slow hashing; tests that log in over HTTP set a real hash."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +80,23 @@ def process_env(transactional_db: None) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def static_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Static files collected once, as the Docker image does, for real web processes (DEBUG off)."""
+    root = tmp_path_factory.mktemp("static")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=PROJECT_ROOT, env={**os.environ, "STATIC_ROOT": str(root)}, check=True,
+    )  # fmt: skip
+    return str(root)
+
+
+@pytest.fixture
+def web_env(process_env: dict[str, str], static_root: str) -> dict[str, str]:
+    """Environment for a real web process: the test database and collected static files."""
+    return {**process_env, "STATIC_ROOT": static_root}
+
+
 @pytest.fixture
 def worker(process_env: dict[str, str], broker: redis.Redis, celery_app) -> Iterator[WorkerProcess]:
     """A real prefork worker process consuming all three queues of the real broker."""
@@ -64,14 +106,57 @@ def worker(process_env: dict[str, str], broker: redis.Redis, celery_app) -> Iter
 
 
 @pytest.fixture
+def start_worker_process(process_env: dict[str, str], broker: redis.Redis, celery_app):
+    """Start real worker processes with extra env values; all are stopped when the test ends."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 2, **env: str) -> WorkerProcess:
+        process = WorkerProcess({**process_env, **env}, concurrency=concurrency).start()
+        started.append(process)
+        try:
+            return process.wait_ready(celery_app)
+        except AssertionError:
+            raise AssertionError(process.output()[-4000:]) from None
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
 def thread_worker(transactional_db: None, broker: redis.Redis, celery_app) -> Iterator[object]:
     """An in-process worker thread (solo pool), for tasks that tests define themselves."""
     with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as worker:
         yield worker
-    # The worker thread's persistent connection outlives the thread; end it so
-    # the test database can be flushed and dropped.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+
+
+@pytest.fixture
+def customer(db: None):
+    from tests.factories import UserFactory
+
+    return UserFactory()
+
+
+@pytest.fixture
+def staff(db: None):
+    from tests.factories import StaffFactory
+
+    return StaffFactory()
+
+
+@pytest.fixture
+def customer_client(client, customer):
+    client.force_login(customer)
+    return client
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch):
+    """Headless Chromium (Debian's package), driven by Playwright."""
+    from tests.browser import chromium
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM
+    # calls are still synchronous, so let Django allow them.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with chromium() as launched:
+        yield launched

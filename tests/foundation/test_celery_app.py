@@ -43,6 +43,17 @@ def test_it_takes_celery_values_from_the_environment_through_django_settings() -
     assert float(out.stdout) == timedelta(days=3).total_seconds()
 
 
+def test_autodiscovery_registers_the_tasks_of_every_apps_tasks_module() -> None:
+    script = (
+        "from config import celery_app; celery_app.loader.import_default_modules(); "
+        "print('\\n'.join(sorted(name for name in celery_app.tasks if not name.startswith('celery.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=_base_env(), cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    registered = set(out.stdout.split())
+    assert {"orders.tasks.process_order", "orders.tasks.check_pending_orders"} <= registered
+
+
 def test_visibility_timeout_outlasts_every_retry_countdown_and_time_limit() -> None:
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
     celery_app.loader.import_default_modules()

@@ -129,6 +129,17 @@ class WorkerProcess(ManagedProcess):
         wait_for(answered, timeout, interval=0.2, message=f"worker {self.nodename} to answer ping")
         return self
 
+    def wait_started(self, timeout: float = 60) -> WorkerProcess:
+        """Wait for the worker's "ready" line; for workers on a broker the test app cannot ping."""
+
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"worker exited early:\n{self.output()[-4000:]}")
+            return f"{self.nodename} ready." in self.output()
+
+        wait_for(ready, timeout, 0.2, f"worker {self.nodename} to be ready")
+        return self
+
     def child_pids(self) -> list[int]:
         """The pool's child processes (pids whose parent is the worker)."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children")

@@ -1,0 +1,116 @@
+"""Input validation at the HTTP boundary: the JSON order request and the new-order page's form."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from django import forms
+from django.conf import settings
+
+from orders.models import Product
+from orders.services import LineRequest
+
+MAX_SKU_LENGTH = 64
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class RequestInvalid(Exception):
+    """The request's shape or types are wrong; `errors` maps field paths to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+def parse_order_request(body: bytes) -> list[LineRequest]:
+    """Turn a POST /api/orders/ body into line requests, or raise RequestInvalid with field errors."""
+    if len(body) > settings.ORDER_MAX_BODY_BYTES:
+        raise RequestInvalid({"body": [f"The request body is larger than {settings.ORDER_MAX_BODY_BYTES} bytes."]})
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestInvalid({"body": [f"The body is not valid JSON: {exc}"]}) from None
+    if not isinstance(data, dict):
+        raise RequestInvalid({"body": ['Expected a JSON object like {"lines": [{"sku": "...", "quantity": 1}]}.']})
+    raw_lines = data.get("lines")
+    if raw_lines is None:
+        raise RequestInvalid({"lines": ["This field is required."]})
+    if not isinstance(raw_lines, list):
+        raise RequestInvalid({"lines": ["Expected a list of {sku, quantity} objects."]})
+    if len(raw_lines) > settings.ORDER_MAX_LINES:
+        raise RequestInvalid({"lines": [f"An order can have at most {settings.ORDER_MAX_LINES} lines."]})
+    errors: dict[str, list[str]] = {}
+    lines = []
+    for index, raw in enumerate(raw_lines):
+        if not isinstance(raw, dict):
+            errors[f"lines.{index}"] = ["Expected an object with sku and quantity."]
+            continue
+        sku, quantity = raw.get("sku"), raw.get("quantity")
+        if not isinstance(sku, str) or not sku.strip():
+            errors[f"lines.{index}.sku"] = ["Expected a SKU as a non-empty string."]
+        elif len(sku) > MAX_SKU_LENGTH:
+            errors[f"lines.{index}.sku"] = [f"A SKU has at most {MAX_SKU_LENGTH} characters."]
+        if isinstance(quantity, bool) or not isinstance(quantity, int):
+            errors[f"lines.{index}.quantity"] = ["Expected a whole number."]
+        if f"lines.{index}.sku" not in errors and f"lines.{index}.quantity" not in errors:
+            lines.append(LineRequest(sku=sku.strip(), quantity=quantity))
+    if errors:
+        raise RequestInvalid(errors)
+    return lines
+
+
+def clean_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or len(value) > MAX_IDEMPOTENCY_KEY_LENGTH or not value.isprintable():
+        raise RequestInvalid(
+            {"Idempotency-Key": [f"Use 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters, e.g. a UUID."]}
+        )
+    return value
+
+
+class NewOrderForm(forms.Form):
+    """The new-order page: a quantity field per product in stock."""
+
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+
+    def __init__(self, *args: object, products: Iterable[Product], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.products = list(products)
+        for product in self.products:
+            self.fields[self.field_name(product)] = forms.IntegerField(
+                label=product.name, min_value=0, max_value=settings.ORDER_MAX_QUANTITY, required=False, initial=0
+            )
+
+    @staticmethod
+    def field_name(product: Product) -> str:
+        return f"qty_{product.pk}"
+
+    def rows(self) -> list[tuple[Product, forms.BoundField]]:
+        return [(product, self[self.field_name(product)]) for product in self.products]
+
+    def clean(self) -> dict[str, object]:
+        cleaned = super().clean()
+        if not self.errors and not self.line_requests():
+            raise forms.ValidationError("Choose a quantity for at least one product.")
+        return cleaned
+
+    def line_requests(self) -> list[LineRequest]:
+        return [
+            LineRequest(sku=product.sku, quantity=self.cleaned_data[self.field_name(product)])
+            for product in self.products
+            if self.cleaned_data.get(self.field_name(product))
+        ]
+
+    def add_service_errors(self, errors: dict[str, list[str]], lines: list[LineRequest]) -> None:
+        """Show the service's per-line errors on the matching product fields."""
+        by_sku = {product.sku: product for product in self.products}
+        for path, messages in errors.items():
+            parts = path.split(".")
+            field = None
+            if len(parts) >= 2 and parts[0] == "lines" and parts[1].isdigit() and int(parts[1]) < len(lines):
+                product = by_sku.get(lines[int(parts[1])].sku)
+                field = self.field_name(product) if product else None
+            for message in messages:
+                self.add_error(field, message)

@@ -1,0 +1,111 @@
+"""Sandbox providers: a payment gateway and a carrier that behave like real ones, without money or parcels.
+
+The sandbox gateway keeps its own ledger (SandboxLedgerEntry), honours idempotency
+keys as a real provider does, and fails on demand:
+
+* at random, with PAYMENT_SANDBOX_TRANSIENT_RATE / PAYMENT_SANDBOX_DECLINE_RATE;
+* deterministically for one order, with a SandboxFault row (reference "order:<id>"),
+  which is how tests force a timeout, a decline, or a worker crash right after a
+  successful charge.
+
+It is the default PAYMENT_GATEWAY and SHIPPING_CARRIER; point those settings at a
+real provider's adapter in production.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import signal
+import time
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from orders.models import SandboxFault, SandboxLedgerEntry
+from orders.providers import PermanentProviderError, ProviderResult, TransientProviderError
+
+logger = logging.getLogger(__name__)
+
+
+def _take_fault(reference: str, operation: str) -> str | None:
+    """Consume one scripted fault for this reference and operation, if there is one."""
+    fault = SandboxFault.objects.filter(reference=reference, operation=operation, remaining__gt=0).first()
+    if fault is None:
+        return None
+    used = SandboxFault.objects.filter(pk=fault.pk, remaining__gt=0).update(remaining=F("remaining") - 1)
+    return fault.fault if used else None
+
+
+def _simulate_call(reference: str, operation: str, *, random_faults: bool) -> str | None:
+    """Wait like a network call, then raise a scripted or random failure. Returns a fault to apply after."""
+    latency = settings.PAYMENT_SANDBOX_LATENCY_MS
+    if latency:
+        time.sleep(latency / 1000)
+    fault = _take_fault(reference, operation)
+    if fault is None and random_faults:
+        roll = random.random()  # noqa: S311 - simulated failures, not security
+        if roll < settings.PAYMENT_SANDBOX_TRANSIENT_RATE:
+            fault = SandboxFault.Fault.TRANSIENT
+        elif roll < settings.PAYMENT_SANDBOX_TRANSIENT_RATE + settings.PAYMENT_SANDBOX_DECLINE_RATE:
+            fault = SandboxFault.Fault.DECLINE
+    if fault == SandboxFault.Fault.TRANSIENT:
+        raise TransientProviderError(f"sandbox {operation} timed out (gateway timeout)")
+    if fault == SandboxFault.Fault.DECLINE:
+        raise PermanentProviderError(f"sandbox {operation} declined: card declined by the issuer")
+    return fault
+
+
+def _crash_if(fault: str | None) -> None:
+    if fault == SandboxFault.Fault.CRASH_AFTER:
+        logger.warning("sandbox fault: killing worker process %s after a successful call", os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _record(kind: str, idempotency_key: str, reference: str, amount: Decimal, **extra: object) -> SandboxLedgerEntry:
+    """Write a ledger entry once per idempotency key; a repeat returns the first entry."""
+    try:
+        with transaction.atomic():
+            entry, _ = SandboxLedgerEntry.objects.get_or_create(
+                idempotency_key=idempotency_key,
+                defaults={"kind": kind, "reference": reference, "amount": amount, **extra},
+            )
+    except IntegrityError:  # a concurrent call with the same key won the insert
+        entry = SandboxLedgerEntry.objects.get(idempotency_key=idempotency_key)
+    if entry.kind != kind or entry.amount != amount:
+        raise PermanentProviderError(f"idempotency key {idempotency_key} was used for a different request")
+    return entry
+
+
+class SandboxGateway:
+    """The sandbox payment gateway (see the module docstring)."""
+
+    def charge(self, *, amount: Decimal, idempotency_key: str, reference: str) -> ProviderResult:
+        after = _simulate_call(reference, "charge", random_faults=True)
+        entry = _record(SandboxLedgerEntry.Kind.CHARGE, idempotency_key, reference, amount)
+        _crash_if(after)
+        return ProviderResult(reference=entry.provider_reference)
+
+    def refund(self, *, charge_reference: str, amount: Decimal, idempotency_key: str, reference: str) -> ProviderResult:
+        after = _simulate_call(reference, "refund", random_faults=False)
+        try:
+            charge = SandboxLedgerEntry.objects.get(pk=int(charge_reference.rsplit("_", 1)[-1]), kind="charge")
+        except (SandboxLedgerEntry.DoesNotExist, ValueError):
+            raise PermanentProviderError(f"no sandbox charge {charge_reference} to refund") from None
+        entry = _record(SandboxLedgerEntry.Kind.REFUND, idempotency_key, reference, amount, charge=charge)
+        _crash_if(after)
+        return ProviderResult(reference=entry.provider_reference)
+
+
+class SandboxCarrier:
+    """The sandbox carrier: books a shipment and returns a tracking number derived from the idempotency key."""
+
+    def book_shipment(self, *, idempotency_key: str, reference: str, parcels: int) -> ProviderResult:
+        after = _simulate_call(reference, "ship", random_faults=False)
+        tracking = "SBX" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:12].upper()
+        _crash_if(after)
+        return ProviderResult(reference=tracking)

@@ -1,0 +1,504 @@
+"""Orders: place, process (the pipeline), cancel, replay and sweep.
+
+This module is what "an order" means. Views, tasks, admin actions and commands
+only call the functions here.
+
+Processing runs the steps reserve stock -> charge -> ship -> notify customer as
+checkpoints inside one task, not as a chain of four tasks. One task keeps one
+lease holder from start to finish, a retry resumes after `Order.step` without
+handing state from task to task, and an order costs one task instead of four
+(which matters at thousands of orders per minute). Each step commits its
+checkpoint before the next begins, and every outside call (gateway, carrier)
+carries an idempotency key derived from the order, so a retry never repeats a
+finished side effect.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from functools import partial
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, OperationalError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from notifications import services as notification_services
+from orders.models import Order, OrderEvent, OrderLine, Payment, Product
+from orders.providers import PermanentProviderError, TransientProviderError, carrier, payment_gateway
+
+logger = logging.getLogger(__name__)
+
+Status = Order.Status
+Step = Order.Step
+
+
+class OrderRejected(Exception):
+    """The order request is invalid; `errors` maps field paths to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key was reused for a different request."""
+
+
+class CancelRefused(Exception):
+    """The order can no longer be cancelled; the message says why."""
+
+
+class TransientOrderError(Exception):
+    """A step failed in a way that may go away (timeout, network); the task retries."""
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # final already, or another task holds a live lease
+    STOPPED = "stopped"  # the lease was lost mid-way; its new holder carries on
+
+
+class _Stop(Exception):
+    """Stop processing quietly at a step boundary."""
+
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+
+
+class _Fail(Exception):
+    """A permanent failure: compensate, then mark the order failed with this reason."""
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order: Order
+    created: bool
+
+
+# --- placing ------------------------------------------------------------------------
+
+
+def place_order(*, customer_id: int, lines: Sequence[LineRequest], idempotency_key: str | None = None) -> PlacedOrder:
+    """Validate and save an order with its lines in one transaction; enqueue processing after commit."""
+    products = _validate_lines(lines)
+    fingerprint = hashlib.sha256(repr(sorted((line.sku, line.quantity) for line in lines)).encode()).hexdigest()
+    if idempotency_key:
+        existing = _order_for_key(customer_id, idempotency_key, fingerprint)
+        if existing is not None:
+            return PlacedOrder(existing, created=False)
+    total = sum((products[line.sku].price * line.quantity for line in lines), Decimal("0.00"))
+    try:
+        with transaction.atomic():
+            order = Order.objects.create(
+                customer_id=customer_id,
+                total=total,
+                idempotency_key=idempotency_key or None,
+                request_fingerprint=fingerprint,
+            )
+            OrderLine.objects.bulk_create(
+                OrderLine(order=order, product=products[line.sku], quantity=line.quantity,
+                          unit_price=products[line.sku].price)
+                for line in lines
+            )  # fmt: skip
+            # robust: a failing callback is logged, never turned into a 500 after the commit.
+            transaction.on_commit(partial(enqueue_processing, order.pk), robust=True)
+    except IntegrityError:
+        # Two requests with the same key raced; the other one's order is the answer.
+        existing = _order_for_key(customer_id, idempotency_key, fingerprint) if idempotency_key else None
+        if existing is None:
+            raise
+        return PlacedOrder(existing, created=False)
+    logger.info("order %s placed by customer %s, total %s", order.pk, customer_id, total)
+    return PlacedOrder(order, created=True)
+
+
+def _validate_lines(lines: Sequence[LineRequest]) -> dict[str, Product]:
+    errors: dict[str, list[str]] = {}
+    if not lines:
+        raise OrderRejected({"lines": ["An order needs at least one line."]})
+    if len(lines) > settings.ORDER_MAX_LINES:
+        raise OrderRejected({"lines": [f"An order can have at most {settings.ORDER_MAX_LINES} lines."]})
+    products = {p.sku: p for p in Product.objects.filter(sku__in={line.sku for line in lines})}
+    seen: set[str] = set()
+    for index, line in enumerate(lines):
+        product = products.get(line.sku)
+        if product is None:
+            errors[f"lines.{index}.sku"] = [f"Unknown SKU {line.sku!r}."]
+        elif line.sku in seen:
+            errors[f"lines.{index}.sku"] = [f"SKU {line.sku!r} appears on more than one line."]
+        if line.quantity < 1:
+            errors[f"lines.{index}.quantity"] = ["Quantity must be at least 1."]
+        elif line.quantity > settings.ORDER_MAX_QUANTITY:
+            errors[f"lines.{index}.quantity"] = [f"Quantity can be at most {settings.ORDER_MAX_QUANTITY}."]
+        elif product is not None and line.quantity > product.stock:
+            errors[f"lines.{index}.quantity"] = [f"Only {product.stock} of {line.sku} in stock."]
+        seen.add(line.sku)
+    if errors:
+        raise OrderRejected(errors)
+    return products
+
+
+def _order_for_key(customer_id: int, key: str, fingerprint: str) -> Order | None:
+    order = Order.objects.filter(customer_id=customer_id, idempotency_key=key).first()
+    if order is not None and order.request_fingerprint != fingerprint:
+        raise IdempotencyConflict("This Idempotency-Key was already used for a different order.")
+    return order
+
+
+def enqueue_processing(order_id: int) -> bool:
+    """Send the process_order task. A broker outage is logged, not raised: the order is saved and the sweep sends it."""
+    from orders.tasks import process_order  # tasks import this module
+
+    try:
+        process_order.delay(order_id)
+    except (BrokerError, OSError) as exc:
+        logger.warning("broker unavailable, order %s stays pending until the sweep sends it: %s", order_id, exc)
+        return False
+    return True
+
+
+# --- processing ---------------------------------------------------------------------
+
+
+def process_order(order_id: int, *, task_id: str, last_attempt: bool = False, retry_in: int = 0) -> Outcome:
+    """Run the pipeline for one order, resuming after its last finished step (see the module docstring).
+
+    Raises TransientOrderError when the caller should retry; the lease is then held
+    for `retry_in` seconds more, so the sweep leaves the order to that retry.
+    """
+    order = _claim(order_id, task_id)
+    if order is None:
+        return Outcome.SKIPPED
+    lines = list(order.lines.select_related("product").order_by("product_id"))
+    try:
+        try:
+            if order.is_compensating:
+                raise _Fail(order.failure_reason)
+            _run_steps(order, lines, task_id)
+            logger.info("order %s completed by task %s", order_id, task_id)
+            return Outcome.COMPLETED
+        except _Fail as failure:
+            reason = str(failure)
+        except (TransientProviderError, OperationalError) as exc:
+            out_of_attempts = last_attempt or order.attempts >= settings.ORDER_MAX_ATTEMPTS
+            if order.is_compensating or not out_of_attempts:
+                raise
+            reason = f"Gave up after {order.attempts} attempts: {exc}"
+        _compensate_and_fail(order, lines, task_id, reason)
+        return Outcome.FAILED
+    except _Stop as stop:
+        logger.info("order %s: task %s stopped: %s", order_id, task_id, stop)
+        OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.STOPPED, task_id=task_id, message=str(stop))
+        return stop.outcome
+    except (TransientProviderError, OperationalError) as exc:
+        _hold_lease_for_retry(order_id, task_id, retry_in, str(exc))
+        raise TransientOrderError(str(exc)) from exc
+
+
+def _run_steps(order: Order, lines: list[OrderLine], task_id: str) -> None:
+    if not order.step_done(Step.RESERVED):
+        _reserve_stock(order, lines, task_id)
+    if not order.step_done(Step.CHARGED):
+        _charge(order, task_id)
+    if not order.step_done(Step.SHIPPED):
+        _ship(order, lines, task_id)
+    _complete(order, task_id)
+
+
+def _claim(order_id: int, task_id: str) -> Order | None:
+    """Take the order's lease: pending, or processing with our own or an expired lease. None if someone else holds it."""
+    now = timezone.now()
+    claimable = Q(status=Status.PENDING) | Q(status=Status.PROCESSING) & (
+        Q(lease_owner=task_id) | Q(lease_expires_at__lt=now)
+    )
+    claimed = Order.objects.filter(claimable, pk=order_id).update(
+        status=Status.PROCESSING,
+        lease_owner=task_id,
+        lease_expires_at=now + settings.ORDER_LEASE_TIMEOUT,
+        attempts=F("attempts") + 1,
+        updated_at=now,
+    )
+    if not claimed:
+        logger.info("order %s not claimed by task %s: final, missing, or leased to another task", order_id, task_id)
+        return None
+    order = Order.objects.get(pk=order_id)
+    OrderEvent.objects.create(
+        order=order, kind=OrderEvent.Kind.ATTEMPT, task_id=task_id, message=f"attempt {order.attempts}"
+    )
+    return order
+
+
+def _lock_for_step(order: Order, task_id: str) -> Order:
+    """Lock the order row at a step boundary; stop if it was cancelled or our lease was taken over."""
+    locked = Order.objects.select_for_update().get(pk=order.pk)
+    if locked.status == Status.CANCELLED:
+        raise _Stop(Outcome.CANCELLED, "the order was cancelled")
+    if locked.status != Status.PROCESSING or locked.lease_owner != task_id:
+        raise _Stop(Outcome.STOPPED, f"lease lost to {locked.lease_owner or 'nobody'} (status {locked.status})")
+    return locked
+
+
+def _checkpoint(order: Order, locked: Order, step: Step, **fields: object) -> None:
+    """Record a finished step and renew the lease, on the locked row and the caller's copy."""
+    changes = {"step": step, "lease_expires_at": timezone.now() + settings.ORDER_LEASE_TIMEOUT, **fields}
+    for name, value in changes.items():
+        setattr(locked, name, value)
+        setattr(order, name, value)
+    locked.save(update_fields=[*changes, "updated_at"])
+
+
+def _reserve_stock(order: Order, lines: list[OrderLine], task_id: str) -> None:
+    with transaction.atomic():
+        locked = _lock_for_step(order, task_id)
+        # Lines are sorted by product id, so two reservations lock products in
+        # the same order and cannot deadlock. The check constraint refuses a
+        # decrement below zero: of two orders racing for the last unit, the
+        # second waits for the first to commit and then fails here.
+        for line in lines:
+            try:
+                Product.objects.filter(pk=line.product_id).update(stock=F("stock") - line.quantity)
+            except IntegrityError:
+                raise _Fail(f"Out of stock: not enough {line.product.sku} left for {line.quantity}.") from None
+        _checkpoint(order, locked, Step.RESERVED)
+
+
+def _charge_key(order: Order) -> str:
+    return f"order:{order.pk}:charge:{order.replays}"
+
+
+def _charge(order: Order, task_id: str) -> None:
+    key = _charge_key(order)
+    with transaction.atomic():
+        _lock_for_step(order, task_id)
+        # The intent is committed before the gateway is called; once it exists
+        # the order can no longer be cancelled, and a retry reuses its key.
+        payment, _ = Payment.objects.get_or_create(
+            idempotency_key=key,
+            defaults={"order": order, "kind": Payment.Kind.CHARGE, "amount": order.total, "task_id": task_id},
+        )
+    if payment.status == Payment.Status.FAILED:
+        raise _Fail(f"Payment declined: {payment.error}")
+    if payment.status != Payment.Status.SUCCEEDED:
+        try:
+            result = payment_gateway().charge(amount=payment.amount, idempotency_key=key, reference=f"order:{order.pk}")
+        except PermanentProviderError as exc:
+            _record_payment(payment, Payment.Status.FAILED, task_id, error=str(exc))
+            raise _Fail(f"Payment declined: {exc}") from exc
+        except TransientProviderError as exc:
+            _record_payment(payment, Payment.Status.PENDING, task_id, error=str(exc))
+            raise
+    with transaction.atomic():
+        locked = _lock_for_step(order, task_id)
+        if payment.status != Payment.Status.SUCCEEDED:
+            _record_payment(payment, Payment.Status.SUCCEEDED, task_id, reference=result.reference)
+        _checkpoint(order, locked, Step.CHARGED)
+
+
+def _record_payment(payment: Payment, status: str, task_id: str, *, error: str = "", reference: str = "") -> None:
+    payment.status = status
+    payment.error = error
+    payment.provider_reference = reference or payment.provider_reference
+    payment.task_id = task_id
+    payment.attempts += 1
+    payment.save(update_fields=["status", "error", "provider_reference", "task_id", "attempts", "updated_at"])
+
+
+def _ship(order: Order, lines: list[OrderLine], task_id: str) -> None:
+    try:
+        result = carrier().book_shipment(
+            idempotency_key=f"order:{order.pk}:ship:{order.replays}", reference=f"order:{order.pk}", parcels=len(lines)
+        )
+    except PermanentProviderError as exc:
+        raise _Fail(f"Shipping refused: {exc}") from exc
+    with transaction.atomic():
+        locked = _lock_for_step(order, task_id)
+        _checkpoint(order, locked, Step.SHIPPED, tracking_number=result.reference)
+
+
+def _complete(order: Order, task_id: str) -> None:
+    with transaction.atomic():
+        locked = _lock_for_step(order, task_id)
+        _checkpoint(order, locked, Step.NOTIFIED, status=Status.COMPLETED, lease_owner="", lease_expires_at=None)
+        # The customer's email is a row in this same transaction; it is sent after commit.
+        notification_services.notify_order_status(order.pk)
+
+
+def _compensate_and_fail(order: Order, lines: list[OrderLine], task_id: str, reason: str) -> None:
+    """Refund a successful charge, release reserved stock, then mark the order failed. Safe to resume."""
+    with transaction.atomic():
+        locked = _lock_for_step(order, task_id)
+        if not locked.failure_reason:
+            # Recording the reason first marks the order as compensating, so a
+            # retry after a crash resumes the refund instead of the pipeline.
+            locked.failure_reason = reason
+            locked.save(update_fields=["failure_reason", "updated_at"])
+        order.failure_reason = reason = locked.failure_reason
+    charge = order.payments.filter(idempotency_key=_charge_key(order), status=Payment.Status.SUCCEEDED).first()
+    if charge is not None:
+        reason = _refund(order, charge, task_id, reason)
+    with transaction.atomic():
+        locked = _lock_for_step(order, task_id)
+        if locked.step_done(Step.RESERVED):
+            _release_stock(lines)
+        locked.status = order.status = Status.FAILED
+        locked.failure_reason = order.failure_reason = reason
+        locked.lease_owner = ""
+        locked.lease_expires_at = None
+        locked.save(update_fields=["status", "failure_reason", "lease_owner", "lease_expires_at", "updated_at"])
+        OrderEvent.objects.create(order=order, kind=OrderEvent.Kind.FAILED, task_id=task_id, message=reason)
+        notification_services.notify_order_status(order.pk)
+    logger.warning("order %s failed (task %s): %s", order.pk, task_id, reason)
+
+
+def _refund(order: Order, charge: Payment, task_id: str, reason: str) -> str:
+    """Refund the charge once (intent first, idempotency key); returns the reason, amended if the refund failed."""
+    key = f"order:{order.pk}:refund:{order.replays}"
+    refund, _ = Payment.objects.get_or_create(
+        idempotency_key=key,
+        defaults={"order": order, "kind": Payment.Kind.REFUND, "amount": charge.amount, "task_id": task_id},
+    )
+    if refund.status == Payment.Status.SUCCEEDED:
+        return reason
+    if refund.status == Payment.Status.FAILED:
+        return f"{reason} Refund failed, needs manual attention: {refund.error}"
+    try:
+        result = payment_gateway().refund(
+            charge_reference=charge.provider_reference, amount=charge.amount,
+            idempotency_key=key, reference=f"order:{order.pk}",
+        )  # fmt: skip
+    except TransientProviderError as exc:
+        _record_payment(refund, Payment.Status.PENDING, task_id, error=str(exc))
+        raise
+    except PermanentProviderError as exc:
+        _record_payment(refund, Payment.Status.FAILED, task_id, error=str(exc))
+        logger.error("order %s: refund of %s refused, needs manual attention: %s", order.pk, charge.amount, exc)
+        return f"{reason} Refund failed, needs manual attention: {exc}"
+    _record_payment(refund, Payment.Status.SUCCEEDED, task_id, reference=result.reference)
+    OrderEvent.objects.create(
+        order=order, kind=OrderEvent.Kind.COMPENSATED, task_id=task_id, message=f"refunded {charge.amount}"
+    )
+    return reason
+
+
+def _release_stock(lines: Sequence[OrderLine]) -> None:
+    for line in sorted(lines, key=lambda item: item.product_id):
+        Product.objects.filter(pk=line.product_id).update(stock=F("stock") + line.quantity)
+
+
+def _hold_lease_for_retry(order_id: int, task_id: str, retry_in: int, error: str) -> None:
+    """Keep the lease through the retry's countdown, so the sweep does not send a second task meanwhile."""
+    until = timezone.now() + timedelta(seconds=retry_in) + settings.ORDER_LEASE_TIMEOUT
+    try:
+        Order.objects.filter(pk=order_id, lease_owner=task_id, status=Status.PROCESSING).update(lease_expires_at=until)
+        OrderEvent.objects.create(
+            order_id=order_id, kind=OrderEvent.Kind.RETRY, task_id=task_id, message=f"retry in {retry_in}s: {error}"
+        )
+    except DatabaseError:  # the database itself may be what failed; the lease then simply expires
+        logger.exception("order %s: could not hold the lease for the retry", order_id)
+    logger.warning("order %s: task %s will retry in %ss: %s", order_id, task_id, retry_in, error)
+
+
+# --- customers and staff ------------------------------------------------------------
+
+
+def cancel_order(order_id: int, *, customer_id: int | None = None, actor_id: int | None = None) -> Order:
+    """Cancel a pending order, or a processing one whose charge has not started; release its stock.
+
+    The stock is released in the same transaction that marks the order cancelled,
+    so no cancelled order keeps stock even if its task never runs again; a running
+    task sees the cancellation at its next step boundary and stops.
+    Raises Order.DoesNotExist (not the customer's order) or CancelRefused.
+    """
+    with transaction.atomic():
+        orders = Order.objects.select_for_update()
+        if customer_id is not None:
+            orders = orders.filter(customer_id=customer_id)
+        order = orders.get(pk=order_id)
+        if order.status == Status.CANCELLED:
+            return order
+        if order.status in (Status.COMPLETED, Status.FAILED):
+            raise CancelRefused(f"The order is already {order.status}.")
+        if order.is_compensating:
+            raise CancelRefused("The order is failing and being refunded.")
+        if order.payments.filter(idempotency_key=_charge_key(order)).exists():
+            raise CancelRefused("The payment has already been taken, so the order can no longer be cancelled.")
+        if order.step_done(Step.RESERVED):
+            _release_stock(list(order.lines.all()))
+        order.status = Status.CANCELLED
+        order.lease_owner = ""
+        order.lease_expires_at = None
+        order.save(update_fields=["status", "lease_owner", "lease_expires_at", "updated_at"])
+        OrderEvent.objects.create(order=order, kind=OrderEvent.Kind.CANCELLED, actor_id=actor_id)
+        notification_services.notify_order_status(order.pk)
+    logger.info("order %s cancelled", order_id)
+    return order
+
+
+def retry_failed_order(order_id: int, *, actor_id: int | None = None) -> bool:
+    """Replay a failed order from the start, with fresh payment keys. False if it is not failed."""
+    with transaction.atomic():
+        replayed = Order.objects.filter(pk=order_id, status=Status.FAILED).update(
+            status=Status.PENDING, step=Step.NONE, failure_reason="", tracking_number="",
+            lease_owner="", lease_expires_at=None, replays=F("replays") + 1, updated_at=timezone.now(),
+        )  # fmt: skip
+        if replayed:
+            OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.REPLAYED, actor_id=actor_id)
+            transaction.on_commit(partial(enqueue_processing, order_id), robust=True)
+    return bool(replayed)
+
+
+def requeue_order(order_id: int, *, actor_id: int | None = None) -> bool:
+    """Send a pending order (or one whose lease expired) to the workers again. False if it is not waiting."""
+    now = timezone.now()
+    waiting = Q(status=Status.PENDING) | Q(status=Status.PROCESSING, lease_expires_at__lt=now)
+    with transaction.atomic():
+        marked = Order.objects.filter(waiting, pk=order_id).update(requeued_at=now)
+        if marked:
+            OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.REQUEUED, actor_id=actor_id)
+            transaction.on_commit(partial(enqueue_processing, order_id), robust=True)
+    return bool(marked)
+
+
+# Bounded so that one run stays well inside the sweep's time limit; the next
+# minute's run takes the rest.
+SWEEP_BATCH_SIZE = 1000
+
+
+def requeue_stuck_orders() -> int:
+    """Re-send pending orders older than ORDER_REQUEUE_AFTER and processing orders whose lease expired."""
+    now = timezone.now()
+    cutoff = now - settings.ORDER_REQUEUE_AFTER
+    not_recently_sent = Q(requeued_at__isnull=True) | Q(requeued_at__lt=cutoff)
+    stuck = Q(status=Status.PENDING, created_at__lt=cutoff) | Q(status=Status.PROCESSING, lease_expires_at__lt=now)
+    ids = list(
+        Order.objects.filter(stuck & not_recently_sent)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:SWEEP_BATCH_SIZE]
+    )
+    if not ids:
+        return 0
+    Order.objects.filter(pk__in=ids).update(requeued_at=now)
+    OrderEvent.objects.bulk_create(
+        OrderEvent(order_id=pk, kind=OrderEvent.Kind.REQUEUED, message="sweep: pending too long or lease expired")
+        for pk in ids
+    )
+    sent = sum(enqueue_processing(pk) for pk in ids)
+    logger.info("sweep re-enqueued %s of %s stuck orders", sent, len(ids))
+    return sent

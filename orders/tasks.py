@@ -1,0 +1,40 @@
+"""Celery entry points for orders; each calls one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from ops.retry import retry_countdown
+from orders import services
+
+
+@shared_task(
+    bind=True,
+    name="orders.tasks.process_order",
+    max_retries=8,
+    retry_backoff=2,
+    retry_backoff_max=settings.TASK_RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    soft_time_limit=90,
+    time_limit=120,
+)
+def process_order(self, order_id: int) -> str:
+    """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step."""
+    countdown = retry_countdown(self)
+    try:
+        outcome = services.process_order(
+            order_id,
+            task_id=self.request.id,
+            last_attempt=self.request.retries >= self.max_retries,
+            retry_in=countdown,
+        )
+    except services.TransientOrderError as exc:
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    return outcome.value
+
+
+@shared_task(name="orders.tasks.check_pending_orders", soft_time_limit=50, time_limit=60)
+def check_pending_orders() -> int:
+    """Re-enqueue orders that were saved but never processed, and orders whose lease expired."""
+    return services.requeue_stuck_orders()

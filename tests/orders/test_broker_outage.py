@@ -1,0 +1,57 @@
+"""With the broker down, an order is still accepted and saved; the sweep sends it once the broker is back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.test import Client
+
+from config import celery_app
+from orders.models import Order
+from tests.orders.helpers import ledger, product, stock_of
+from tests.support.processes import WorkerProcess, wait_for
+from tests.support.servers import HttpSession, RedisServer, WebProcess
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_an_order_placed_while_the_broker_is_down_is_saved_pending_and_completed_after_it_returns(
+    web_env: dict[str, str], customer
+) -> None:
+    mug = product(stock=5)
+    login = Client()
+    login.force_login(customer)
+    session_key = login.cookies["sessionid"].value
+
+    with RedisServer() as broker:
+        env = {**web_env, "CELERY_BROKER_URL": broker.url, "ORDER_REQUEUE_AFTER": "1s"}
+        with WebProcess(env) as web, WorkerProcess(env, concurrency=1) as worker:
+            web.wait_ready()
+            worker.wait_started()
+            http = HttpSession(web.base_url, session_key)
+
+            broker.stop()
+            response = http.request("POST", "/api/orders/", {"lines": [{"sku": mug.sku, "quantity": 1}]})
+
+            assert response.status == 202, response.body
+            order = Order.objects.get(pk=response.json()["id"])
+            assert order.status == "pending"
+            time.sleep(2)  # nothing can process it meanwhile
+            order.refresh_from_db()
+            assert order.status == "pending"
+            assert f"broker unavailable, order {order.pk} stays pending" in web.output()
+
+            broker.start()  # an empty broker: the message never made it
+            with celery_app.connection_for_write(broker.url) as connection:
+
+                def swept_and_completed() -> bool:
+                    celery_app.send_task("orders.tasks.check_pending_orders", connection=connection)
+                    time.sleep(1)
+                    order.refresh_from_db()
+                    return order.status == "completed"
+
+                wait_for(swept_and_completed, 90, 0, "the sweep to send the order once the broker is back")
+
+    assert len(ledger(order)) == 1
+    assert stock_of(mug) == 4

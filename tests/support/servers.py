@@ -1,0 +1,143 @@
+"""Throwaway servers that a test may stop and start, and an HTTP client for real web processes."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from tests.support.processes import ManagedProcess, free_port, wait_for
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a port of its own, that the test can stop and restart."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (apt-get install redis-server)"
+        self.binary = binary
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="test-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _pings(client), 10, 0.05, "the test's redis-server to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+class WebProcess(ManagedProcess):
+    """gunicorn serving the project, as in production."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2, threads: int = 1) -> None:
+        self.port = free_port()
+        args = [
+            sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(workers), "--threads", str(threads), "--access-logfile", "-",
+        ]  # fmt: skip
+        super().__init__(args, {**env, "ALLOWED_HOSTS": "127.0.0.1,localhost"}, label="web")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> WebProcess:
+        def answers() -> bool:
+            if not self.alive():
+                raise AssertionError(f"web exited early:\n{self.output()[-4000:]}")
+            try:
+                urllib.request.urlopen(f"{self.base_url}/accounts/login/", timeout=2)
+            except urllib.error.HTTPError:
+                return True  # it answered
+            except OSError:
+                return False
+            return True
+
+        wait_for(answers, timeout, 0.2, "gunicorn to answer")
+        return self
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    elapsed: float
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+class HttpSession:
+    """A browser-like client for a real server: a session cookie and a CSRF token, JSON in and out."""
+
+    def __init__(self, base_url: str, session_key: str | None = None) -> None:
+        self.base_url = base_url
+        self.jar = http.cookiejar.CookieJar()
+        # Django accepts the unmasked CSRF secret as the header value.
+        self.csrf = secrets.token_hex(16)
+        self._set_cookie("csrftoken", self.csrf)
+        if session_key:
+            self._set_cookie("sessionid", session_key)
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def _set_cookie(self, name: str, value: str) -> None:
+        self.jar.set_cookie(
+            http.cookiejar.Cookie(0, name, value, None, False, "127.0.0.1", False, False, "/", True, False, None,
+                                  True, None, None, {})
+        )  # fmt: skip
+
+    def request(self, method: str, path: str, payload: object = None, headers: dict[str, str] | None = None,
+                timeout: float = 30) -> Response:  # fmt: skip
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        request.add_header("X-CSRFToken", self.csrf)
+        request.add_header("Referer", self.base_url + "/")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        started = time.monotonic()
+        try:
+            with self.opener.open(request, timeout=timeout) as reply:
+                return Response(reply.status, dict(reply.headers), reply.read(), time.monotonic() - started)
+        except urllib.error.HTTPError as error:
+            return Response(error.code, dict(error.headers), error.read(), time.monotonic() - started)
