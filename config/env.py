@@ -103,6 +103,24 @@ def env_duration(name: str, default: Any = _MISSING) -> timedelta:
         ) from None
 
 
+_RATE_PERIODS = {"s": 1, "m": 60, "h": 3600}
+
+
+def env_rate(name: str, default: Any = _MISSING) -> tuple[int, int] | None:
+    """Parse a rate such as '100/m' (per s, m or h) into (count, period seconds); '0' or 'off' turns it off."""
+    value = _raw(name, default)
+    if value.lower() in {"0", "off", "none", ""}:
+        return None
+    count, _, unit = value.partition("/")
+    try:
+        number = int(count)
+    except ValueError:
+        number = 0
+    if number < 1 or unit not in _RATE_PERIODS:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate; use a count per s, m or h (e.g. 100/m), or off.")
+    return number, _RATE_PERIODS[unit]
+
+
 _DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
 
 

@@ -21,6 +21,7 @@ from config.env import (
     env_float,
     env_int,
     env_list,
+    env_rate,
     env_str,
 )
 
@@ -154,8 +155,21 @@ STORAGES = {
 
 # --- Email ------------------------------------------------------------------
 globals().update(env_email("EMAIL_URL", "console://"))
+# A hung SMTP server must not hold a worker for the whole task time limit.
+EMAIL_TIMEOUT = globals().get("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Shop <shop@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Absolute links in emails (order pages, unsubscribe) start with this.
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# At most this many emails per period, across all workers: (count, seconds) or None.
+EMAIL_RATE_LIMIT = env_rate("EMAIL_RATE_LIMIT", "100/m")
+EMAIL_MAX_RETRIES = env_int("EMAIL_MAX_RETRIES", 5, minimum=0)
+EMAIL_RETRY_BACKOFF = env_int("EMAIL_RETRY_BACKOFF", 10, minimum=1)
+# The sweep re-sends queued emails older than this (e.g. after a broker outage).
+NOTIFICATION_REQUEUE_AFTER = env_duration("NOTIFICATION_REQUEUE_AFTER", "5m")
+NOTIFICATION_LEASE_TIMEOUT = env_duration("NOTIFICATION_LEASE_TIMEOUT", "2m")
+# Sent and expired emails are deleted after this long.
+NOTIFICATION_RETENTION = env_duration("NOTIFICATION_RETENTION", "30d")
 
 # --- Security (HTTPS behind a proxy in production) ----------------------------
 _proxy_header = env_str("SECURE_PROXY_SSL_HEADER", "")
@@ -313,10 +327,16 @@ CELERY_TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in ("high_prio
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Refuse to invent queues from typos: a task routed to an unknown queue fails loudly.
 CELERY_TASK_CREATE_MISSING_QUEUES = False
-# The routing table. Explicit task names first (they win over patterns), then
-# module defaults; anything else goes to the default queue.
+# The routing table. Explicit task names first (Celery checks exact names before
+# patterns), then module defaults; anything else goes to the default queue.
 CELERY_TASK_ROUTES = {
-    # module defaults
+    # Bulk email runs on low_priority, so a campaign or the digest never delays order emails.
+    "notifications.tasks.launch_campaign": {"queue": "low_priority"},
+    "notifications.tasks.send_campaign_chunk": {"queue": "low_priority"},
+    "notifications.tasks.send_weekly_digest": {"queue": "low_priority"},
+    "notifications.tasks.send_digest_chunk": {"queue": "low_priority"},
+    "notifications.tasks.cleanup_notifications": {"queue": "low_priority"},
+    # Module defaults.
     "notifications.tasks.*": {"queue": "high_priority"},
     "reports.tasks.*": {"queue": "low_priority"},
     "orders.tasks.*": {"queue": "default"},

@@ -255,6 +255,14 @@ def _lock_for_step(order: Order, task_id: str) -> Order:
     return locked
 
 
+def _already_done(order: Order, locked: Order, step: Step) -> bool:
+    """True when the step was finished meanwhile (the same message delivered twice at once); catch up the copy."""
+    if locked.step_done(step):
+        order.step, order.tracking_number = locked.step, locked.tracking_number
+        return True
+    return False
+
+
 def _checkpoint(order: Order, locked: Order, step: Step, **fields: object) -> None:
     """Record a finished step and renew the lease, on the locked row and the caller's copy."""
     changes = {"step": step, "lease_expires_at": timezone.now() + settings.ORDER_LEASE_TIMEOUT, **fields}
@@ -267,6 +275,8 @@ def _checkpoint(order: Order, locked: Order, step: Step, **fields: object) -> No
 def _reserve_stock(order: Order, lines: list[OrderLine], task_id: str) -> None:
     with transaction.atomic():
         locked = _lock_for_step(order, task_id)
+        if _already_done(order, locked, Step.RESERVED):
+            return
         # Lines are sorted by product id, so two reservations lock products in
         # the same order and cannot deadlock. The check constraint refuses a
         # decrement below zero: of two orders racing for the last unit, the
@@ -308,7 +318,8 @@ def _charge(order: Order, task_id: str) -> None:
         locked = _lock_for_step(order, task_id)
         if payment.status != Payment.Status.SUCCEEDED:
             _record_payment(payment, Payment.Status.SUCCEEDED, task_id, reference=result.reference)
-        _checkpoint(order, locked, Step.CHARGED)
+        if not _already_done(order, locked, Step.CHARGED):
+            _checkpoint(order, locked, Step.CHARGED)
 
 
 def _record_payment(payment: Payment, status: str, task_id: str, *, error: str = "", reference: str = "") -> None:
@@ -329,7 +340,8 @@ def _ship(order: Order, lines: list[OrderLine], task_id: str) -> None:
         raise _Fail(f"Shipping refused: {exc}") from exc
     with transaction.atomic():
         locked = _lock_for_step(order, task_id)
-        _checkpoint(order, locked, Step.SHIPPED, tracking_number=result.reference)
+        if not _already_done(order, locked, Step.SHIPPED):
+            _checkpoint(order, locked, Step.SHIPPED, tracking_number=result.reference)
 
 
 def _complete(order: Order, task_id: str) -> None:

@@ -160,3 +160,16 @@ def browser(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with chromium() as launched:
         yield launched
+
+
+@pytest.fixture
+def smtp_server(settings):
+    """A real SMTP server; this process's email settings point at it (workers get it through env)."""
+    from tests.support.smtp import SmtpServer
+
+    with SmtpServer() as server:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+        settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+        yield server

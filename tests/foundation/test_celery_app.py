@@ -48,7 +48,9 @@ def test_autodiscovery_registers_the_tasks_of_every_apps_tasks_module() -> None:
         "from config import celery_app; celery_app.loader.import_default_modules(); "
         "print('\\n'.join(sorted(name for name in celery_app.tasks if not name.startswith('celery.'))))"
     )
-    out = subprocess.run([sys.executable, "-c", script], env=_base_env(), cwd=PROJECT_ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=_base_env(), cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     registered = set(out.stdout.split())
     assert {"orders.tasks.process_order", "orders.tasks.check_pending_orders"} <= registered

@@ -76,7 +76,7 @@ def check_command(words: list[str]) -> None:
 
 
 def test_it_has_every_process_of_the_stack() -> None:
-    assert {"postgres", "redis", "web", "beat", "flower", *WORKERS} <= set(SERVICES)
+    assert {"postgres", "redis", "web", "beat", "flower", "mailpit", *WORKERS} <= set(SERVICES)
     assert set(APP_SERVICES) == {"web", "beat", "flower", *WORKERS}
     assert (PROJECT_ROOT / SERVICES["web"]["build"]).resolve() == PROJECT_ROOT
 
@@ -87,7 +87,7 @@ def test_every_app_command_points_at_something_that_exists(name: str) -> None:
         check_command(words)
 
 
-@pytest.mark.parametrize("name", [*APP_SERVICES, "postgres", "redis"])
+@pytest.mark.parametrize("name", [*APP_SERVICES, "postgres", "redis", "mailpit"])
 def test_every_service_has_a_health_check_that_points_at_something_that_exists(name: str) -> None:
     test = SERVICES[name]["healthcheck"]["test"]
     assert test[0] in {"CMD", "CMD-SHELL"}
@@ -142,6 +142,12 @@ def test_app_services_wait_for_healthy_dependencies() -> None:
             assert SERVICES[name]["depends_on"]["web"]["condition"] == "service_healthy"
 
 
+def test_compose_sends_mail_to_mailpit_unless_told_otherwise() -> None:
+    environment = SERVICES["worker-high"]["environment"]
+    assert environment["EMAIL_URL"] == "${EMAIL_URL:-smtp://mailpit:1025}"
+    assert "8025:8025" in SERVICES["mailpit"]["ports"]
+
+
 def test_web_migrates_then_serves_with_gunicorn() -> None:
     steps = commands_in(SERVICES["web"]["command"])
     assert steps[0][:3] == ["python", "manage.py", "migrate"]
@@ -150,8 +156,11 @@ def test_web_migrates_then_serves_with_gunicorn() -> None:
 
 def test_every_variable_compose_needs_is_in_the_committed_example_and_env_is_not_committed() -> None:
     text = (PROJECT_ROOT / "docker-compose.yml").read_text()
-    needed = set(re.findall(r"\$\{([A-Z_]+)", text))
-    assert needed <= set(example_env())
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
+    optional = set(re.findall(r"\$\{([A-Z_]+):-", text))
+    assert required <= set(example_env())
+    example_text = (PROJECT_ROOT / ".env.example").read_text()
+    assert all(name in example_text for name in optional), "document optional variables in .env.example"
     assert all(service.get("env_file") == ".env" for name, service in SERVICES.items() if name in APP_SERVICES)
     assert ".env" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
     assert not Path(PROJECT_ROOT / ".env").exists() or ".env" not in _tracked_files()

@@ -54,6 +54,20 @@ def test_a_finished_order_is_left_alone_when_delivered_again(customer) -> None:
     assert stock_of(mug) == 4
 
 
+def test_two_copies_of_the_same_task_running_at_once_reserve_the_stock_once(customer) -> None:
+    mug = product(stock=5)
+    order = place(customer, (mug, 2))
+    services._claim(order.pk, "task-1")
+    first_copy, second_copy = Order.objects.get(pk=order.pk), Order.objects.get(pk=order.pk)
+    lines = list(order.lines.all())
+
+    services._reserve_stock(first_copy, lines, "task-1")
+    services._reserve_stock(second_copy, lines, "task-1")  # it read step="" before the first committed
+
+    assert stock_of(mug) == 3
+    assert second_copy.step == "reserved"
+
+
 def test_another_task_leaves_an_order_alone_while_its_lease_is_live(customer) -> None:
     order = place(customer, (product(), 1))
     Order.objects.filter(pk=order.pk).update(

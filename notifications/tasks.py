@@ -1,0 +1,95 @@
+"""Celery entry points for notifications; each calls one service.
+
+Routes (config/settings.py): send_notification and the stale sweep on
+high_priority; campaigns, the digest and cleanup on low_priority.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from notifications import services
+from ops.retry import retry_countdown
+
+EMAIL_RETRY_POLICY = {
+    "max_retries": settings.EMAIL_MAX_RETRIES,
+    "retry_backoff": settings.EMAIL_RETRY_BACKOFF,
+    "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX,
+    "retry_jitter": True,
+}
+
+
+@shared_task(
+    bind=True, name="notifications.tasks.send_notification", soft_time_limit=60, time_limit=90, **EMAIL_RETRY_POLICY
+)
+def send_notification(self, notification_id: int) -> str:
+    """Send one queued email once; retry SMTP and connection errors with backoff."""
+    countdown = retry_countdown(self)
+    try:
+        outcome = services.send_notification(
+            notification_id, task_id=self.request.id, last_attempt=self.request.retries >= self.max_retries,
+            retry_in=countdown,
+        )  # fmt: skip
+    except services.TransientSendError as exc:
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    return outcome.value
+
+
+@shared_task(bind=True, name="notifications.tasks.launch_campaign", soft_time_limit=600, time_limit=660)
+def launch_campaign(self, campaign_id: int) -> int:
+    """Write the campaign's outbox rows and fan out its chunks as a group."""
+    return services.launch_campaign(campaign_id, task_id=self.request.id)
+
+
+@shared_task(
+    bind=True, name="notifications.tasks.send_campaign_chunk", soft_time_limit=240, time_limit=300,
+    **EMAIL_RETRY_POLICY,
+)  # fmt: skip
+def send_campaign_chunk(self, campaign_id: int, first_id: int, last_id: int) -> dict:
+    """Send one chunk of a campaign over one SMTP connection, reporting progress."""
+    countdown = retry_countdown(self)
+    try:
+        result = services.send_campaign_chunk(
+            campaign_id, first_id, last_id, task_id=self.request.id,
+            last_attempt=self.request.retries >= self.max_retries, retry_in=countdown,
+            progress=lambda meta: self.update_state(state="PROGRESS", meta=meta),
+        )  # fmt: skip
+    except services.TransientSendError as exc:
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
+
+
+@shared_task(bind=True, name="notifications.tasks.send_weekly_digest", soft_time_limit=600, time_limit=660)
+def send_weekly_digest(self) -> int:
+    """Queue last ISO week's order digest for every subscribed customer who ordered, and send it in chunks."""
+    return services.send_weekly_digest()
+
+
+@shared_task(
+    bind=True, name="notifications.tasks.send_digest_chunk", soft_time_limit=240, time_limit=300,
+    **EMAIL_RETRY_POLICY,
+)  # fmt: skip
+def send_digest_chunk(self, first_id: int, last_id: int) -> dict:
+    """Send one chunk of digest messages over one SMTP connection."""
+    countdown = retry_countdown(self)
+    try:
+        result = services.send_digest_chunk(
+            first_id, last_id, task_id=self.request.id,
+            last_attempt=self.request.retries >= self.max_retries, retry_in=countdown,
+        )  # fmt: skip
+    except services.TransientSendError as exc:
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
+
+
+@shared_task(name="notifications.tasks.requeue_stale_notifications", soft_time_limit=50, time_limit=60)
+def requeue_stale_notifications() -> int:
+    """Re-send queued emails that were never picked up, and ones whose lease expired."""
+    return services.requeue_stale_notifications()
+
+
+@shared_task(name="notifications.tasks.cleanup_notifications", soft_time_limit=600, time_limit=660)
+def cleanup_notifications() -> int:
+    """Delete sent and expired emails older than NOTIFICATION_RETENTION."""
+    return services.cleanup_notifications()

@@ -1,0 +1,267 @@
+"""Rate limit, campaigns, the weekly digest and unsubscribing, at the service level."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.conf import settings
+from django.test import Client
+from django.utils import timezone
+
+from notifications import ratelimit, services
+from notifications.models import Campaign, EmailPreference, Notification
+from orders.models import Order
+from tests.factories import UserFactory
+from tests.orders.helpers import place, product
+from tests.support.smtp import body_text
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_bucket_grants_its_burst_then_says_how_long_to_wait() -> None:
+    limit = ratelimit.RateLimit(count=100, period=60)  # bursts of 10, then 1.5/s
+
+    first = ratelimit.take("test", 25, limit)
+    second = ratelimit.take("test", 1, limit)
+
+    assert (first.granted, second.granted) == (10, 0)
+    assert 0 < second.wait <= 1 / limit.refill_per_second + 0.01
+
+
+def test_bulk_senders_leave_a_reserve_for_transactional_email() -> None:
+    limit = ratelimit.RateLimit(count=100, period=60)
+    assert limit.bulk_reserve == 2
+
+    bulk = ratelimit.take("test", 25, limit, reserve=limit.bulk_reserve)
+    transactional = ratelimit.take("test", 5, limit)
+
+    assert (bulk.granted, transactional.granted) == (8, 2)
+
+
+def test_the_bucket_refills_over_time() -> None:
+    from notifications.models import SendRateBucket
+
+    limit = ratelimit.RateLimit(count=60, period=60)  # bursts of 6, then 54/min
+    ratelimit.take("test", 6, limit)
+    SendRateBucket.objects.filter(name="test").update(updated_at=timezone.now() - timedelta(seconds=2))
+
+    assert ratelimit.take("test", 6, limit).granted == 1  # 2 s at 0.9/s
+
+
+def campaign(**fields: object) -> Campaign:
+    defaults = {"name": "Spring", "subject": "Hi {{ first_name }}", "body": "Hello {{ username }}!"}
+    return Campaign.objects.create(**{**defaults, **fields})
+
+
+def test_the_audience_is_active_customers_with_an_email_who_did_not_unsubscribe() -> None:
+    keep = UserFactory()
+    UserFactory(is_active=False)
+    UserFactory(is_staff=True)
+    UserFactory(email="")
+    gone = UserFactory()
+    EmailPreference.objects.create(user=gone, unsubscribed_at=timezone.now())
+    resubscribed = UserFactory()
+    EmailPreference.objects.create(user=resubscribed, unsubscribed_at=None)
+
+    assert set(services.audience(campaign()).values_list("pk", flat=True)) == {keep.pk, resubscribed.pk}
+
+
+def test_the_ordered_since_audience_counts_days_in_the_shop_time_zone(settings) -> None:
+    settings.TIME_ZONE = "Europe/Amsterdam"
+    early, late = UserFactory(), UserFactory()
+    for user, moment in ((early, datetime(2026, 3, 31, 23, 30)), (late, datetime(2026, 4, 1, 0, 30))):
+        order = place(user, (product(), 1))
+        Order.objects.filter(pk=order.pk).update(created_at=moment.replace(tzinfo=ZoneInfo("Europe/Amsterdam")))
+
+    chosen = services.audience(campaign(audience="ordered_since", ordered_since=date(2026, 4, 1)))
+    assert list(chosen.values_list("pk", flat=True)) == [late.pk]
+
+
+def test_a_campaign_with_an_empty_audience_cannot_be_started() -> None:
+    empty = campaign()
+    with pytest.raises(services.CampaignError, match="audience is empty"):
+        services.start_campaign(empty.pk)
+    empty.refresh_from_db()
+    assert empty.status == "draft" and not Notification.objects.exists()
+
+
+def test_only_a_draft_can_be_started(smtp_server) -> None:
+    UserFactory()
+    sent = campaign(status="done")
+    with pytest.raises(services.CampaignError, match="Only a draft campaign"):
+        services.start_campaign(sent.pk)
+
+
+def test_launching_writes_one_personal_row_per_recipient_with_unsubscribe_headers_once(broker) -> None:
+    users = [UserFactory(first_name=f"Ann{i}") for i in range(3)]
+    spring = campaign()
+    services.start_campaign(spring.pk)
+
+    services.launch_campaign(spring.pk, task_id="launch-1")
+    services.launch_campaign(spring.pk, task_id="launch-2")  # a redelivered launch
+
+    rows = Notification.objects.filter(campaign=spring).order_by("user_id")
+    assert rows.count() == 3
+    first = rows[0]
+    assert first.subject == f"Hi {users[0].first_name}" and f"Hello {users[0].username}!" in first.body_text
+    assert first.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert first.headers["List-Unsubscribe"] == f"<{services.unsubscribe_url(users[0].pk)}>"
+    assert services.unsubscribe_url(users[0].pk) in first.body_text
+    spring.refresh_from_db()
+    assert spring.total == 3
+    assert broker.llen("low_priority") >= 1  # the chunk group
+
+
+def test_a_chunk_sends_its_range_and_the_counts_match_the_rows(smtp_server, settings) -> None:
+    settings.EMAIL_RATE_LIMIT = None
+    for _ in range(30):
+        UserFactory()
+    spring = campaign()
+    services.start_campaign(spring.pk)
+    services.launch_campaign(spring.pk, task_id="launch-1")
+    ids = list(Notification.objects.filter(campaign=spring).order_by("pk").values_list("pk", flat=True))
+    Notification.objects.filter(pk=ids[-1]).update(recipient="refused@example.com")
+
+    result = services.send_campaign_chunk(spring.pk, ids[0], ids[-1], task_id="chunk-1")
+
+    spring.refresh_from_db()
+    assert (result.sent, result.failed) == (30, 0)
+    assert spring.sent == Notification.objects.filter(campaign=spring, status="sent").count() == 30
+    assert spring.status == "done"
+    assert smtp_server.inbox.count() == 30
+
+
+def test_a_throttled_chunk_stops_and_reschedules_itself(smtp_server, settings, broker) -> None:
+    settings.EMAIL_RATE_LIMIT = (20, 60)  # bursts of 2; bulk leaves none in reserve
+    for _ in range(5):
+        UserFactory()
+    spring = campaign()
+    services.start_campaign(spring.pk)
+    services.launch_campaign(spring.pk, task_id="launch-1")
+    broker.delete("low_priority")
+    ids = list(Notification.objects.filter(campaign=spring).values_list("pk", flat=True))
+
+    result = services.send_campaign_chunk(spring.pk, min(ids), max(ids), task_id="chunk-1")
+
+    assert (result.sent, smtp_server.inbox.count()) == (2, 2)
+    assert result.throttled_for > 0
+    assert Notification.objects.filter(campaign=spring, status="queued").count() == 3
+    import json
+
+    [again] = [json.loads(raw) for raw in broker.lrange("low_priority", 0, -1)]
+    assert again["headers"]["task"] == "notifications.tasks.send_campaign_chunk"
+    assert again["headers"]["eta"] is not None
+
+
+def test_cancelling_a_campaign_cancels_its_queued_rows_and_keeps_counts_true(settings) -> None:
+    for _ in range(4):
+        UserFactory()
+    spring = campaign()
+    services.start_campaign(spring.pk)
+    services.launch_campaign(spring.pk, task_id="launch-1")
+    [first, *_] = Notification.objects.filter(campaign=spring).order_by("pk")
+    Notification.objects.filter(pk=first.pk).update(status="sent")
+    spring.__class__.objects.filter(pk=spring.pk).update(sent=1)
+
+    services.cancel_campaign(spring.pk)
+
+    spring.refresh_from_db()
+    statuses = sorted(Notification.objects.filter(campaign=spring).values_list("status", flat=True))
+    assert statuses == ["cancelled", "cancelled", "cancelled", "sent"]
+    assert (spring.status, spring.sent, spring.failed) == ("cancelled", 1, 0)
+    with pytest.raises(services.CampaignError, match="already cancelled"):
+        services.cancel_campaign(spring.pk)
+
+
+def test_the_weekly_digest_covers_last_iso_week_skips_unsubscribed_and_runs_twice_safely(broker, settings) -> None:
+    settings.TIME_ZONE = "Europe/Amsterdam"
+    zone = ZoneInfo("Europe/Amsterdam")
+    buyer, quiet, gone = UserFactory(), UserFactory(), UserFactory()
+    EmailPreference.objects.create(user=gone, unsubscribed_at=timezone.now())
+    in_week = [place(buyer, (product(), 1)) for _ in range(2)]
+    before = place(quiet, (product(), 1))
+    gone_order = place(gone, (product(), 1))
+    Order.objects.filter(pk=in_week[0].pk).update(created_at=datetime(2026, 11, 9, 0, 10, tzinfo=zone))  # Monday
+    Order.objects.filter(pk=in_week[1].pk).update(created_at=datetime(2026, 11, 15, 23, 50, tzinfo=zone))  # Sunday
+    Order.objects.filter(pk=before.pk).update(created_at=datetime(2026, 11, 8, 23, 50, tzinfo=zone))
+    Order.objects.filter(pk=gone_order.pk).update(created_at=datetime(2026, 11, 10, 12, 0, tzinfo=zone))
+
+    assert services.send_weekly_digest(today=date(2026, 11, 16)) == 1
+    assert services.send_weekly_digest(today=date(2026, 11, 16)) == 0
+
+    [digest] = Notification.objects.filter(kind="digest")
+    assert (digest.user, digest.dedup_key) == (buyer, f"digest:2026-W46:user:{buyer.pk}")
+    assert all(f"#{order.pk} " in digest.body_text for order in in_week), digest.body_text
+    assert f"#{before.pk}" not in digest.body_text
+    assert "List-Unsubscribe" in digest.headers
+
+
+def test_the_unsubscribe_link_works_without_logging_in_and_cannot_be_forged(customer) -> None:
+    other = UserFactory()
+    url = services.unsubscribe_url(customer.pk).removeprefix(settings.SITE_URL)
+    browser = Client(enforce_csrf_checks=True)
+
+    page = browser.get(url)
+    assert page.status_code == 200 and customer.email in page.content.decode()
+    assert not EmailPreference.objects.filter(unsubscribed_at__isnull=False).exists()  # GET changes nothing
+
+    forged = url.replace(services.unsubscribe_token(customer.pk).split(":")[0], str(other.pk))
+    assert browser.post(forged, {"action": "unsubscribe"}).status_code == 404
+    assert browser.get("/unsubscribe/garbage/").status_code == 404
+
+    one_click = browser.post(url, {"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200
+    assert EmailPreference.objects.get(user=customer).unsubscribed_at is not None
+    assert not EmailPreference.objects.filter(user=other).exists()
+
+    browser.post(url, {"action": "subscribe"})
+    assert EmailPreference.objects.get(user=customer).unsubscribed_at is None
+
+
+def test_unsubscribing_drops_marketing_already_queued_but_not_order_email(customer) -> None:
+    services.queue_email(
+        kind="digest", recipient=customer.email, user_id=customer.pk, subject="d", body_text="d", dedup_key="d1"
+    )
+    services.queue_email(
+        kind="order_completed",
+        recipient=customer.email,
+        user_id=customer.pk,
+        subject="o",
+        body_text="o",
+        dedup_key="o1",
+    )
+
+    services.set_marketing_subscription(customer.pk, subscribed=False)
+
+    assert dict(Notification.objects.values_list("dedup_key", "status")) == {"d1": "cancelled", "o1": "queued"}
+
+
+def test_campaign_emails_render_the_body_and_the_unsubscribe_link(smtp_server, settings) -> None:
+    settings.EMAIL_RATE_LIMIT = None
+    user = UserFactory(first_name="Zoë")
+    spring = campaign(body="Dear {{ first_name }}, spring is here.")
+    services.start_campaign(spring.pk)
+    services.launch_campaign(spring.pk, task_id="launch-1")
+    row = Notification.objects.get(campaign=spring)
+    services.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
+
+    [message] = smtp_server.inbox.to(user.email)
+    assert "Dear Zoë, spring is here." in body_text(message)
+    assert message["List-Unsubscribe"].strip() == f"<{services.unsubscribe_url(user.pk)}>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_a_campaign_whose_launch_breaks_is_marked_failed_with_the_error(broker) -> None:  # noqa: ANN001
+    UserFactory()
+    spring = campaign()
+    services.start_campaign(spring.pk)
+    Campaign.objects.filter(pk=spring.pk).update(body="{% load no_such_library %}")  # broken after it started
+
+    with pytest.raises(Exception, match="no_such_library"):
+        services.launch_campaign(spring.pk, task_id="launch-1")
+
+    spring.refresh_from_db()
+    assert spring.status == "failed"
+    assert "no_such_library" in spring.error

@@ -1,0 +1,254 @@
+"""Email delivery end to end: real worker processes, real Redis, real PostgreSQL and a real SMTP server."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.test import Client
+from django.utils import timezone
+from django_celery_results.models import TaskResult
+
+from config import celery_app
+from notifications import services
+from notifications.models import Campaign, EmailPreference, Notification
+from orders.models import Order
+from tests.factories import StaffFactory, UserFactory
+from tests.notifications.helpers import make_customers, transactional
+from tests.orders.helpers import place, product
+from tests.support.processes import free_port, wait_for
+from tests.support.smtp import SmtpServer, body_text
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+FAST = {"EMAIL_RATE_LIMIT": "off", "PAYMENT_SANDBOX_LATENCY_MS": "0"}
+
+
+def settled(row: Notification | Campaign, timeout: float = 60, statuses: tuple[str, ...] = ()) -> None:
+    final = statuses or (
+        Notification.FINAL_STATUSES if isinstance(row, Notification) else ("done", "cancelled", "failed")
+    )
+
+    def reached() -> bool:
+        row.refresh_from_db()
+        return row.status in final
+
+    wait_for(reached, timeout, 0.1, f"{row} to reach {final}")
+
+
+def test_a_completed_order_sends_exactly_one_email_with_the_right_content(
+    start_worker_process, customer, smtp_server
+) -> None:
+    start_worker_process(EMAIL_URL=smtp_server.url, **FAST)
+    mug = product(stock=5, price="12.50")
+    with transaction.atomic():
+        order = place(customer, (mug, 2))
+
+    wait_for(lambda: smtp_server.inbox.to(customer.email), 60, 0.1, "the order email")
+    time.sleep(1)  # nothing else arrives
+
+    [message] = smtp_server.inbox.to(customer.email)
+    order.refresh_from_db()
+    assert order.status == "completed"
+    assert message["Subject"] == f"Your order #{order.pk} is on its way"
+    assert f"2 x {mug.name}" in body_text(message) and order.tracking_number in body_text(message)
+    assert smtp_server.inbox.count() == 1
+
+
+def test_a_redelivered_notification_on_two_workers_is_sent_once(start_worker_process, smtp_server) -> None:
+    start_worker_process(EMAIL_URL=smtp_server.url, **FAST)
+    start_worker_process(EMAIL_URL=smtp_server.url, **FAST)
+    notification = Notification.objects.create(
+        kind="test", recipient="once@example.com", subject="Once", body_text="Only once", dedup_key="once"
+    )
+    from notifications.tasks import send_notification as send
+
+    for _ in range(3):
+        send.apply_async((notification.pk,), task_id="same-delivery")
+    for _ in range(3):
+        send.delay(notification.pk)
+
+    settled(notification)
+    time.sleep(2)
+    assert notification.status == "sent"
+    assert len(smtp_server.inbox.to("once@example.com")) == 1
+
+
+def test_smtp_down_retries_then_fails_with_a_reason_and_a_resend_works_once_it_is_back(
+    start_worker_process, settings
+) -> None:
+    port = free_port()
+    start_worker_process(EMAIL_URL=f"smtp://127.0.0.1:{port}", EMAIL_MAX_RETRIES="2", EMAIL_RETRY_BACKOFF="1", **FAST)
+    with transaction.atomic():
+        notification = transactional(recipient="patient@example.com", kind="order_completed")
+
+    settled(notification)
+    assert notification.status == "failed"
+    assert "ConnectionRefused" in notification.last_error
+    assert notification.attempts == 3
+
+    with SmtpServer(port=port) as server:
+        admin = Client()
+        admin.force_login(StaffFactory())
+        response = admin.post(
+            "/admin/notifications/notification/",
+            {"action": "resend_failed", "_selected_action": [notification.pk]},
+            follow=True,
+        )
+        assert "Resending 1 failed message(s)." in response.content.decode()
+        settled(notification)
+        assert notification.status == "sent"
+        assert len(server.inbox.to("patient@example.com")) == 1
+
+
+def test_a_late_message_is_dropped_by_the_broker_and_marked_expired_not_sent(
+    start_worker_process, smtp_server, broker
+) -> None:
+    with transaction.atomic():
+        notification = transactional(recipient="late@example.com", expires_at=timezone.now() + timedelta(seconds=1))
+    [message] = [json.loads(raw) for raw in broker.lrange("high_priority", 0, -1)]
+    assert message["headers"]["expires"] is not None  # time-sensitive: Celery's expires is set too
+    time.sleep(1.5)  # no worker was running: it is late now
+
+    start_worker_process(EMAIL_URL=smtp_server.url, NOTIFICATION_REQUEUE_AFTER="1s", **FAST)
+    wait_for(
+        lambda: TaskResult.objects.filter(task_id=message["headers"]["id"], status="REVOKED").exists(),
+        30, 0.2, "the worker to drop the expired message",
+    )  # fmt: skip
+    celery_app.send_task("notifications.tasks.requeue_stale_notifications")
+
+    settled(notification)
+    assert notification.status == "expired"
+    assert smtp_server.inbox.to("late@example.com") == []
+
+
+def test_a_campaign_of_2000_completes_with_counts_equal_to_the_rows_and_progress_mid_way(start_worker_process) -> None:
+    make_customers(2000)
+    spring = Campaign.objects.create(name="Spring", subject="Spring", body="Hello {{ first_name }}")
+    with SmtpServer(delay=0.002) as server:
+        start_worker_process(EMAIL_URL=server.url, **FAST)
+        start_worker_process(EMAIL_URL=server.url, **FAST)
+        with transaction.atomic():
+            services.start_campaign(spring.pk)
+
+        seen_counts, seen_task_progress = set(), False
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            spring.refresh_from_db()
+            seen_counts.add(spring.sent)
+            seen_task_progress |= TaskResult.objects.filter(
+                task_name="notifications.tasks.send_campaign_chunk", status="PROGRESS"
+            ).exists()
+            if spring.status == "done":
+                break
+            time.sleep(0.02)
+
+        assert spring.status == "done"
+        rows = Notification.objects.filter(campaign=spring)
+        assert spring.total == rows.count() == 2000
+        assert spring.sent == rows.filter(status="sent").count() == 2000
+        assert spring.failed == rows.filter(status="failed").count() == 0
+        assert server.inbox.count() == 2000
+        assert any(0 < count < 2000 for count in seen_counts), "progress was never seen mid-way"
+        assert seen_task_progress, "no chunk reported PROGRESS through update_state"
+        chunks = TaskResult.objects.filter(task_name="notifications.tasks.send_campaign_chunk", status="SUCCESS")
+        assert chunks.count() == 10  # 2000 rows in chunks of 200, not 2000 tasks
+
+
+def test_cancelling_a_campaign_mid_way_stops_it_with_consistent_counts(start_worker_process) -> None:
+    make_customers(2000)
+    spring = Campaign.objects.create(name="Spring", subject="Spring", body="Hello")
+    with SmtpServer(delay=0.01) as server:
+        start_worker_process(EMAIL_URL=server.url, **FAST)
+        with transaction.atomic():
+            services.start_campaign(spring.pk)
+        wait_for(lambda: server.inbox.count() > 100, 60, 0.05, "the campaign to be under way")
+
+        services.cancel_campaign(spring.pk)
+        time.sleep(3)  # it stops within seconds
+        stopped_at = server.inbox.count()
+        time.sleep(2)
+        assert server.inbox.count() == stopped_at
+
+        spring.refresh_from_db()
+        rows = Notification.objects.filter(campaign=spring)
+        assert spring.status == "cancelled"
+        assert spring.sent == rows.filter(status="sent").count() == stopped_at < 2000
+        assert spring.failed == rows.filter(status="failed").count()
+        assert rows.filter(status__in=["queued", "sending"]).count() == 0
+        assert rows.filter(status="cancelled").count() == 2000 - stopped_at
+
+
+def test_the_rate_limit_holds_across_two_workers_and_campaign_chunks(start_worker_process) -> None:
+    # 10/s: bursts of 1, then 9 per second, whoever sends.
+    limited = {"EMAIL_RATE_LIMIT": "10/s", "PAYMENT_SANDBOX_LATENCY_MS": "0"}
+    make_customers(20)
+    spring = Campaign.objects.create(name="Spring", subject="Spring", body="Hello")
+    with SmtpServer() as server:
+        start_worker_process(EMAIL_URL=server.url, **limited)
+        start_worker_process(EMAIL_URL=server.url, **limited)
+        with transaction.atomic():
+            for index in range(20):
+                transactional(recipient=f"single{index}@example.com", key=f"single-{index}")
+            services.start_campaign(spring.pk)
+        started = time.monotonic()
+
+        wait_for(lambda: server.inbox.count() >= 40, 60, 0.05, "all 40 emails")
+        elapsed = time.monotonic() - started
+
+    minimum = (40 - 1) / 9  # what 10/s with a burst of 1 allows at best
+    assert elapsed >= minimum * 0.95, (
+        f"40 emails went out in {elapsed:.1f}s; the limit allows no less than {minimum:.1f}s"
+    )
+
+
+def test_an_order_placed_during_a_throttled_campaign_still_completes_promptly(start_worker_process, customer) -> None:
+    make_customers(400)
+    spring = Campaign.objects.create(name="Spring", subject="Spring", body="Hello")
+    with SmtpServer() as server:
+        # One worker on all three queues, the hardest case: throttled chunks must not hold its slots.
+        start_worker_process(EMAIL_URL=server.url, EMAIL_RATE_LIMIT="50/s", PAYMENT_SANDBOX_LATENCY_MS="0")
+        with transaction.atomic():
+            services.start_campaign(spring.pk)
+        wait_for(lambda: server.inbox.count() > 20, 60, 0.05, "the campaign to be under way")
+        with transaction.atomic():
+            order = place(customer, (product(), 1))
+
+        def order_email() -> bool:
+            return any(m["Subject"].startswith("Your order #") for m in server.inbox.to(customer.email))
+
+        wait_for(order_email, 30, 0.05, "the order email")
+        order.refresh_from_db()
+        spring.refresh_from_db()
+        assert order.status == "completed"
+        assert spring.status == "sending", "the order waited for the campaign instead of going first"
+
+
+def test_unsubscribed_customers_get_order_emails_but_no_campaign_or_digest(start_worker_process, smtp_server) -> None:
+    subscribed, unsubscribed = UserFactory(), UserFactory()
+    EmailPreference.objects.create(user=unsubscribed, unsubscribed_at=timezone.now())
+    start_worker_process(EMAIL_URL=smtp_server.url, **FAST)
+    last_week = timezone.now() - timedelta(days=7)
+    with transaction.atomic():
+        orders = [place(user, (product(), 1)) for user in (subscribed, unsubscribed)]
+    wait_for(lambda: len(smtp_server.inbox.messages) >= 2, 60, 0.1, "both order emails")
+    Order.objects.filter(pk__in=[o.pk for o in orders]).update(created_at=last_week)
+    spring = Campaign.objects.create(name="Spring", subject="Spring news", body="Hello")
+    with transaction.atomic():
+        services.start_campaign(spring.pk)
+    celery_app.send_task("notifications.tasks.send_weekly_digest")
+
+    def kinds(user) -> list[str]:
+        subjects = [m["Subject"] for m in smtp_server.inbox.to(user.email)]
+        return sorted(
+            "digest" if s.startswith("Your orders in week") else "order" if s.startswith("Your order #") else s
+            for s in subjects
+        )
+
+    wait_for(lambda: len(kinds(subscribed)) >= 3, 60, 0.1, "campaign and digest")
+    time.sleep(1)
+    assert kinds(subscribed) == ["Spring news", "digest", "order"]
+    assert kinds(unsubscribed) == ["order"]
