@@ -6,7 +6,7 @@ high_priority; campaigns, the digest and cleanup on low_priority.
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 
 from notifications import services
@@ -23,7 +23,7 @@ EMAIL_RETRY_POLICY = {
 @shared_task(
     bind=True, name="notifications.tasks.send_notification", soft_time_limit=60, time_limit=90, **EMAIL_RETRY_POLICY
 )
-def send_notification(self, notification_id: int) -> str:
+def send_notification(self: Task, notification_id: int) -> str:
     """Send one queued email once; retry SMTP and connection errors with backoff."""
     countdown = retry_countdown(self)
     try:
@@ -37,7 +37,7 @@ def send_notification(self, notification_id: int) -> str:
 
 
 @shared_task(bind=True, name="notifications.tasks.launch_campaign", soft_time_limit=600, time_limit=660)
-def launch_campaign(self, campaign_id: int) -> int:
+def launch_campaign(self: Task, campaign_id: int) -> int:
     """Write the campaign's outbox rows and fan out its chunks as a group."""
     return services.launch_campaign(campaign_id, task_id=self.request.id)
 
@@ -46,7 +46,7 @@ def launch_campaign(self, campaign_id: int) -> int:
     bind=True, name="notifications.tasks.send_campaign_chunk", soft_time_limit=240, time_limit=300,
     **EMAIL_RETRY_POLICY,
 )  # fmt: skip
-def send_campaign_chunk(self, campaign_id: int, first_id: int, last_id: int) -> dict:
+def send_campaign_chunk(self: Task, campaign_id: int, first_id: int, last_id: int) -> dict:
     """Send one chunk of a campaign over one SMTP connection, reporting progress."""
     countdown = retry_countdown(self)
     try:
@@ -60,8 +60,8 @@ def send_campaign_chunk(self, campaign_id: int, first_id: int, last_id: int) -> 
     return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
 
 
-@shared_task(bind=True, name="notifications.tasks.send_weekly_digest", soft_time_limit=600, time_limit=660)
-def send_weekly_digest(self) -> int:
+@shared_task(name="notifications.tasks.send_weekly_digest", soft_time_limit=600, time_limit=660)
+def send_weekly_digest() -> int:
     """Queue last ISO week's order digest for every subscribed customer who ordered, and send it in chunks."""
     return services.send_weekly_digest()
 
@@ -70,7 +70,7 @@ def send_weekly_digest(self) -> int:
     bind=True, name="notifications.tasks.send_digest_chunk", soft_time_limit=240, time_limit=300,
     **EMAIL_RETRY_POLICY,
 )  # fmt: skip
-def send_digest_chunk(self, first_id: int, last_id: int) -> dict:
+def send_digest_chunk(self: Task, first_id: int, last_id: int) -> dict:
     """Send one chunk of digest messages over one SMTP connection."""
     countdown = retry_countdown(self)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 
 from ops.retry import retry_countdown
@@ -19,7 +19,7 @@ from orders import services
     soft_time_limit=90,
     time_limit=120,
 )
-def process_order(self, order_id: int) -> str:
+def process_order(self: Task, order_id: int) -> str:
     """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step."""
     countdown = retry_countdown(self)
     try:

@@ -253,7 +253,7 @@ def test_campaign_emails_render_the_body_and_the_unsubscribe_link(smtp_server, s
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
-def test_a_campaign_whose_launch_breaks_is_marked_failed_with_the_error(broker) -> None:  # noqa: ANN001
+def test_a_campaign_whose_launch_breaks_is_marked_failed_with_the_error(broker) -> None:
     UserFactory()
     spring = campaign()
     services.start_campaign(spring.pk)
