@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DATA_DIR=/data
+    DATA_DIR=/data \
+    MPLCONFIGDIR=/tmp/matplotlib
 
 RUN groupadd --system app && useradd --system --gid app --home-dir /app app \
     && mkdir -p /data/media && chown -R app:app /data

@@ -238,6 +238,12 @@ ORDER_MAX_LINES = env_int("ORDER_MAX_LINES", 50, minimum=1)
 ORDER_MAX_QUANTITY = env_int("ORDER_MAX_QUANTITY", 1000, minimum=1)
 ORDER_MAX_BODY_BYTES = env_int("ORDER_MAX_BODY_BYTES", 16 * 1024, minimum=256)
 
+# --- Reports ------------------------------------------------------------------
+# Periods longer than this are split into slices aggregated in parallel (a chord).
+REPORT_SLICE_DAYS = env_int("REPORT_SLICE_DAYS", 7, minimum=1)
+# The longest custom range staff may ask for.
+REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366, minimum=1)
+
 # --- Celery -----------------------------------------------------------------
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads
 # them through the namespace. The README explains each one for operators.

@@ -21,4 +21,5 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("orders.urls")),
     path("", include("notifications.urls")),
+    path("", include("reports.urls")),
 ]

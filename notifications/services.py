@@ -154,6 +154,28 @@ def notify_order_status(order_id: int) -> Notification | None:
     )
 
 
+def notify_report_ready(report_id: int) -> Notification | None:
+    """Tell the staff member who asked for a report that it is ready (a row in the caller's transaction)."""
+    from reports.models import Report
+
+    report = Report.objects.select_related("requested_by").get(pk=report_id)
+    user = report.requested_by
+    if user is None or not user.email:
+        return None
+    context = {
+        "report": report, "user": user,
+        "report_url": settings.SITE_URL + reverse("reports:detail", args=[report.pk]),
+    }  # fmt: skip
+    return queue_email(
+        kind=Kind.REPORT_READY, recipient=user.email, user_id=user.pk,
+        subject=f"Your report is ready: {report}",
+        body_text=render_to_string("notifications/email/report_ready.txt", context),
+        body_html=render_to_string("notifications/email/report_ready.html", context),
+        dedup_key=f"report:{report.pk}:ready:{report.finished_at.isoformat()}",
+        subject_object=f"reports.report:{report.pk}",
+    )  # fmt: skip
+
+
 def queue_password_reset(*, recipient: str, user_id: int, subject: str, body_text: str, body_html: str = "") -> None:
     """Password reset emails go through the outbox too; web never talks SMTP."""
     key = hashlib.sha256(f"{user_id}:{body_text}".encode()).hexdigest()[:32]

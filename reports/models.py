@@ -1,0 +1,69 @@
+"""Sales reports: one row per report, with its figures, CSV and chart."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Report(models.Model):
+    class Kind(models.TextChoices):
+        DAILY = "daily", "Daily"
+        WEEKLY = "weekly", "Weekly"
+        MONTHLY = "monthly", "Monthly"
+        CUSTOM = "custom", "Custom range"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    REVENUE_DEFINITION = (
+        "Revenue counts completed orders only, by the date they were placed in the shop's time zone ({zone})."
+    )
+
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    # Both inclusive, as dates in TIME_ZONE; weeks are ISO weeks (Monday to Sunday).
+    period_start = models.DateField()
+    period_end = models.DateField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    progress = models.PositiveSmallIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, help_text="Empty when beat made it."
+    )
+    csv_file = models.FileField(upload_to="reports/", blank=True)
+    chart = models.FileField(upload_to="reports/", blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    slices_total = models.PositiveSmallIntegerField(default=0)
+    slices_done = models.PositiveSmallIntegerField(default=0)
+    task_id = models.CharField(max_length=255, blank=True, help_text="The task that started the last generation.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period_end", "-created_at"]
+        constraints = [
+            # Scheduled reports exist once per period; regenerating replaces them.
+            models.UniqueConstraint(
+                fields=["kind", "period_start", "period_end"],
+                condition=~Q(kind="custom"),
+                name="report_one_per_scheduled_period",
+            ),
+            models.CheckConstraint(
+                condition=Q(period_end__gte=models.F("period_start")), name="report_period_in_order"
+            ),
+            models.CheckConstraint(condition=Q(progress__lte=100), name="report_progress_at_most_100"),
+        ]
+
+    def __str__(self) -> str:
+        if self.period_start == self.period_end:
+            return f"{self.get_kind_display()} report {self.period_start}"
+        return f"{self.get_kind_display()} report {self.period_start} to {self.period_end}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)

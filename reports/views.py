@@ -1,0 +1,116 @@
+"""Staff-only report pages, the JSON status endpoint and authorised downloads (media is never public)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from config.api import api_view, json_error
+from reports import services
+from reports.forms import ReportRangeForm
+from reports.models import Report
+
+
+def staff_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Visitors are sent to log in; logged-in customers get 403."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.is_staff:
+            raise PermissionDenied("Reports are for staff.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+@staff_page
+def report_list(request: HttpRequest) -> HttpResponse:
+    page = Paginator(Report.objects.select_related("requested_by"), 25).get_page(request.GET.get("page"))
+    return render(request, "reports/report_list.html", {"page": page})
+
+
+@staff_page
+@require_http_methods(["GET", "POST"])
+def report_new(request: HttpRequest) -> HttpResponse:
+    form = ReportRangeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        report = services.request_report(
+            kind=Report.Kind.CUSTOM, start=form.cleaned_data["start"], end=form.cleaned_data["end"],
+            requested_by_id=request.user.pk,
+        )  # fmt: skip
+        return redirect("reports:detail", report_id=report.pk)
+    definition = Report.REVENUE_DEFINITION.format(zone=settings.TIME_ZONE)
+    return render(request, "reports/report_new.html", {"form": form, "definition": definition})
+
+
+@staff_page
+def report_detail(request: HttpRequest, report_id: int) -> HttpResponse:
+    report = get_object_or_404(Report, pk=report_id)
+    return render(request, "reports/report_detail.html", {"report": report, "data": services.report_json(report)})
+
+
+def _stored_file(report: Report, field: str) -> FileResponse:
+    stored = getattr(report, field)
+    if report.status != Report.Status.DONE or not stored:
+        raise Http404("The report has no file yet.")
+    try:
+        handle = stored.open("rb")
+    except FileNotFoundError:
+        raise Http404("The file is missing from storage.") from None
+    return handle
+
+
+@staff_page
+def report_download(request: HttpRequest, report_id: int) -> HttpResponse:
+    report = get_object_or_404(Report, pk=report_id)
+    name = f"{report.kind}-report-{report.period_start}-{report.period_end}.csv"
+    return FileResponse(_stored_file(report, "csv_file"), as_attachment=True, filename=name, content_type="text/csv")
+
+
+@staff_page
+def report_chart(request: HttpRequest, report_id: int) -> HttpResponse:
+    report = get_object_or_404(Report, pk=report_id)
+    return FileResponse(_stored_file(report, "chart"), content_type="image/png")
+
+
+@api_view(methods=("GET",), staff=True)
+def api_report_detail(request: HttpRequest, report_id: int) -> HttpResponse:
+    report = Report.objects.filter(pk=report_id).first()
+    if report is None:
+        return json_error(404, "No such report.")
+    return JsonResponse(services.report_json(report))
+
+
+@api_view(methods=("POST",), staff=True)
+def api_request_report(request: HttpRequest) -> HttpResponse:
+    """POST /api/reports/ {"start": "YYYY-MM-DD", "end": "YYYY-MM-DD"} → 202, or 400 with field errors."""
+    try:
+        data = json.loads(request.body)
+    except ValueError:
+        return json_error(400, errors={"body": ["The body is not valid JSON."]})
+    if not isinstance(data, dict):
+        return json_error(400, errors={"body": ['Expected a JSON object like {"start": "...", "end": "..."}.']})
+    form = ReportRangeForm(data)
+    if not form.is_valid():
+        return json_error(400, errors={name: list(messages) for name, messages in form.errors.items()})
+    report = services.request_report(
+        kind=Report.Kind.CUSTOM, start=form.cleaned_data["start"], end=form.cleaned_data["end"],
+        requested_by_id=request.user.pk,
+    )  # fmt: skip
+    url = reverse("reports:api-detail", args=[report.pk])
+    response = JsonResponse({**services.report_json(report), "url": url}, status=202)
+    response["Location"] = url
+    return response
