@@ -214,6 +214,9 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "celery": {"level": LOG_LEVEL},
+        # ops.worker logs every task's outcome with its duration and object; Celery's
+        # own per-task lines would say the same thing twice.
+        "celery.app.trace": {"level": "WARNING"},
     },
 }
 
@@ -243,6 +246,12 @@ ORDER_MAX_BODY_BYTES = env_int("ORDER_MAX_BODY_BYTES", 16 * 1024, minimum=256)
 REPORT_SLICE_DAYS = env_int("REPORT_SLICE_DAYS", 7, minimum=1)
 # The longest custom range staff may ask for.
 REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366, minimum=1)
+
+# --- Operations -------------------------------------------------------------
+# Beat counts as dead when its leader's heartbeat is older than this.
+BEAT_HEARTBEAT_MAX_AGE = env_duration("BEAT_HEARTBEAT_MAX_AGE", "30s")
+# GET /metrics with "Authorization: Bearer <token>" (staff sessions work without it).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
 # --- Celery -----------------------------------------------------------------
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads
@@ -351,4 +360,8 @@ CELERY_TASK_ROUTES = {
 CELERY_TIMEZONE = TIME_ZONE
 # Schedules live in the database and staff edit them in the admin.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Write last_run_at to the database after every send (the default is every
+# 3 minutes), so a beat that takes over from a dead leader does not run again
+# what the leader just sent.
+CELERY_BEAT_SYNC_EVERY = 1
 DJANGO_CELERY_BEAT_TZ_AWARE = True

@@ -8,10 +8,15 @@ from django.urls import include, path
 
 from accounts import views as account_views
 from accounts.forms import OutboxPasswordResetForm
+from ops import views as ops_views
 
 urlpatterns = [
     path("", account_views.home, name="home"),
+    path("admin/ops/overview/", admin.site.admin_view(ops_views.overview), name="ops-overview"),
     path("admin/", admin.site.urls),
+    path("health/live", ops_views.health_live, name="health-live"),
+    path("health/", ops_views.health_ready, name="health"),
+    path("metrics", ops_views.metrics, name="metrics"),
     path("accounts/signup/", account_views.signup, name="signup"),
     path(
         "accounts/password_reset/",

@@ -199,14 +199,14 @@ def queue_test_email(recipient: str) -> Notification:
 # --- sending one -------------------------------------------------------------------
 
 
-def enqueue_send(notification_id: int, countdown: float | None = None) -> bool:
+def enqueue_send(notification_id: int, countdown: float | None = None, task_id: str | None = None) -> bool:
     """Send the send_notification task; a broker outage is logged and left to the stale sweep."""
     from notifications.tasks import send_notification  # tasks import this module
 
     expires = Notification.objects.filter(pk=notification_id).values_list("expires_at", flat=True).first()
     try:
         # Time-sensitive messages also expire on the broker, so a backlog drops them.
-        send_notification.apply_async((notification_id,), countdown=countdown, expires=expires)
+        send_notification.apply_async((notification_id,), countdown=countdown, expires=expires, task_id=task_id)
     except (BrokerError, OSError) as exc:
         logger.warning("broker unavailable, notification %s stays queued for the sweep: %s", notification_id, exc)
         return False
@@ -732,7 +732,7 @@ def set_marketing_subscription(user_id: int, *, subscribed: bool) -> EmailPrefer
     return preference
 
 
-def resend(notification_id: int) -> bool:
+def resend(notification_id: int, task_id: str | None = None) -> bool:
     """Send a failed email again (staff action). False when it is not failed."""
     with transaction.atomic():
         notification = Notification.objects.select_for_update().filter(pk=notification_id, status=Status.FAILED).first()
@@ -747,20 +747,34 @@ def resend(notification_id: int) -> bool:
             Campaign.objects.filter(pk=notification.campaign_id, status=Campaign.Status.DONE).update(
                 status=Campaign.Status.SENDING, finished_at=None
             )
-        transaction.on_commit(partial(_send_again, notification), robust=True)
+        transaction.on_commit(partial(_send_again, notification, task_id), robust=True)
     return True
 
 
-def _send_again(notification: Notification) -> None:
+def _send_again(notification: Notification, task_id: str | None = None) -> None:
     from notifications.tasks import send_campaign_chunk, send_digest_chunk
 
     pk = notification.pk
-    if notification.kind == Kind.CAMPAIGN:
-        send_campaign_chunk.delay(notification.campaign_id, pk, pk)  # bulk mail stays on low_priority
+    if notification.kind == Kind.CAMPAIGN:  # bulk mail stays on low_priority
+        send_campaign_chunk.apply_async((notification.campaign_id, pk, pk), task_id=task_id)
     elif notification.kind == Kind.DIGEST:
-        send_digest_chunk.delay(pk, pk)
+        send_digest_chunk.apply_async((pk, pk), task_id=task_id)
     else:
-        enqueue_send(pk)
+        enqueue_send(pk, task_id=task_id)
+
+
+def retry_sending(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+    """Retry a send_notification task from its result (ops' "Retry"): resend a failed email, or send a stuck one."""
+    notification_id = kwargs.get("notification_id", args[0] if args else None)
+    notification = Notification.objects.filter(pk=notification_id).first()
+    if notification is None:
+        raise ValueError(f"notification {notification_id} does not exist")
+    if notification.status == Status.FAILED:
+        resend(notification.pk, task_id=task_id)
+    elif Notification.objects.filter(_claimable(timezone.now()), pk=notification.pk).exists():
+        transaction.on_commit(partial(enqueue_send, notification.pk, None, task_id), robust=True)
+    else:
+        raise ValueError(f"notification {notification.pk} is {notification.status}; nothing to retry")
 
 
 def cancel_queued(notification_id: int) -> bool:

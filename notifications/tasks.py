@@ -21,8 +21,10 @@ EMAIL_RETRY_POLICY = {
 
 
 @shared_task(
-    bind=True, name="notifications.tasks.send_notification", soft_time_limit=60, time_limit=90, **EMAIL_RETRY_POLICY
-)
+    bind=True, name="notifications.tasks.send_notification", soft_time_limit=60, time_limit=90,
+    subject=("notifications.Notification", "notification_id"), retry_with="notifications.services.retry_sending",
+    **EMAIL_RETRY_POLICY,
+)  # fmt: skip
 def send_notification(self: Task, notification_id: int) -> str:
     """Send one queued email once; retry SMTP and connection errors with backoff."""
     countdown = retry_countdown(self)
@@ -36,7 +38,10 @@ def send_notification(self: Task, notification_id: int) -> str:
     return outcome.value
 
 
-@shared_task(bind=True, name="notifications.tasks.launch_campaign", soft_time_limit=600, time_limit=660)
+@shared_task(
+    bind=True, name="notifications.tasks.launch_campaign", soft_time_limit=600, time_limit=660,
+    subject=("notifications.Campaign", "campaign_id"),
+)  # fmt: skip
 def launch_campaign(self: Task, campaign_id: int) -> int:
     """Write the campaign's outbox rows and fan out its chunks as a group."""
     return services.launch_campaign(campaign_id, task_id=self.request.id)
@@ -44,7 +49,7 @@ def launch_campaign(self: Task, campaign_id: int) -> int:
 
 @shared_task(
     bind=True, name="notifications.tasks.send_campaign_chunk", soft_time_limit=240, time_limit=300,
-    **EMAIL_RETRY_POLICY,
+    subject=("notifications.Campaign", "campaign_id"), **EMAIL_RETRY_POLICY,
 )  # fmt: skip
 def send_campaign_chunk(self: Task, campaign_id: int, first_id: int, last_id: int) -> dict:
     """Send one chunk of a campaign over one SMTP connection, reporting progress."""

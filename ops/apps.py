@@ -8,5 +8,6 @@ class OpsConfig(AppConfig):
     verbose_name = "Operations"
 
     def ready(self) -> None:
-        # Connect worker signal handlers; they only fire inside worker processes.
-        from ops import worker  # noqa: F401
+        # Signal handlers: publish-time argument recording (every process that sends
+        # tasks), worker-side connection handling and logs, beat leadership.
+        from ops import beat, publish, worker  # noqa: F401

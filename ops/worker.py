@@ -1,11 +1,18 @@
-"""Signal handlers that run inside worker processes."""
+"""Signal handlers that run inside worker processes: database connections and structured task logs."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
-from celery import signals
+from celery import Task, signals
 from django.db import close_old_connections
+
+from ops.catalog import subject_ref
+
+logger = logging.getLogger("ops.tasks")
+_started: dict[str, float] = {}
 
 
 @signals.task_prerun.connect(dispatch_uid="ops.worker.release_connections_before")
@@ -19,3 +26,44 @@ def release_broken_connections(**kwargs: Any) -> None:
     age, is closed here, so the next task opens a fresh one instead of failing.
     """
     close_old_connections()
+
+
+@signals.task_prerun.connect(dispatch_uid="ops.worker.start_clock")
+def start_clock(task_id: str | None = None, **kwargs: Any) -> None:
+    if task_id:
+        _started[task_id] = time.monotonic()
+
+
+def _duration(task_id: str | None) -> float:
+    started = _started.pop(task_id, None) if task_id else None
+    return time.monotonic() - started if started is not None else float("nan")
+
+
+@signals.task_success.connect(dispatch_uid="ops.worker.log_success")
+def log_success(sender: Task | None = None, **kwargs: Any) -> None:
+    request = sender.request
+    logger.info(
+        "task=%s id=%s state=SUCCESS duration=%.3fs object=%s",
+        sender.name, request.id, _duration(request.id), subject_ref(sender, request.args, request.kwargs),
+    )  # fmt: skip
+
+
+@signals.task_retry.connect(dispatch_uid="ops.worker.log_retry")
+def log_retry(sender: Task | None = None, request: Any = None, reason: Any = None, **kwargs: Any) -> None:
+    logger.warning(
+        "task=%s id=%s state=RETRY duration=%.3fs object=%s retries=%s reason=%s",
+        sender.name, request.id, _duration(request.id), subject_ref(sender, request.args, request.kwargs),
+        request.retries, reason,
+    )  # fmt: skip
+
+
+@signals.task_failure.connect(dispatch_uid="ops.worker.log_failure")
+def log_failure(
+    sender: Task | None = None, task_id: str | None = None, exception: BaseException | None = None,
+    args: Any = None, kwargs: Any = None, **extra: Any,
+) -> None:  # fmt: skip
+    logger.error(
+        "task=%s id=%s state=FAILURE duration=%.3fs object=%s error=%s: %s",
+        sender.name, task_id, _duration(task_id), subject_ref(sender, args, kwargs),
+        type(exception).__name__, exception,
+    )  # fmt: skip

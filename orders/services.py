@@ -162,12 +162,12 @@ def _order_for_key(customer_id: int, key: str, fingerprint: str) -> Order | None
     return order
 
 
-def enqueue_processing(order_id: int) -> bool:
+def enqueue_processing(order_id: int, task_id: str | None = None) -> bool:
     """Send the process_order task. A broker outage is logged, not raised: the order is saved and the sweep sends it."""
     from orders.tasks import process_order  # tasks import this module
 
     try:
-        process_order.delay(order_id)
+        process_order.apply_async((order_id,), task_id=task_id)
     except (BrokerError, OSError) as exc:
         logger.warning("broker unavailable, order %s stays pending until the sweep sends it: %s", order_id, exc)
         return False
@@ -463,7 +463,7 @@ def cancel_order(order_id: int, *, customer_id: int | None = None, actor_id: int
     return order
 
 
-def retry_failed_order(order_id: int, *, actor_id: int | None = None) -> bool:
+def retry_failed_order(order_id: int, *, actor_id: int | None = None, task_id: str | None = None) -> bool:
     """Replay a failed order from the start, with fresh payment keys. False if it is not failed."""
     with transaction.atomic():
         replayed = Order.objects.filter(pk=order_id, status=Status.FAILED).update(
@@ -472,11 +472,11 @@ def retry_failed_order(order_id: int, *, actor_id: int | None = None) -> bool:
         )  # fmt: skip
         if replayed:
             OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.REPLAYED, actor_id=actor_id)
-            transaction.on_commit(partial(enqueue_processing, order_id), robust=True)
+            transaction.on_commit(partial(enqueue_processing, order_id, task_id), robust=True)
     return bool(replayed)
 
 
-def requeue_order(order_id: int, *, actor_id: int | None = None) -> bool:
+def requeue_order(order_id: int, *, actor_id: int | None = None, task_id: str | None = None) -> bool:
     """Send a pending order (or one whose lease expired) to the workers again. False if it is not waiting."""
     now = timezone.now()
     waiting = Q(status=Status.PENDING) | Q(status=Status.PROCESSING, lease_expires_at__lt=now)
@@ -484,8 +484,20 @@ def requeue_order(order_id: int, *, actor_id: int | None = None) -> bool:
         marked = Order.objects.filter(waiting, pk=order_id).update(requeued_at=now)
         if marked:
             OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.REQUEUED, actor_id=actor_id)
-            transaction.on_commit(partial(enqueue_processing, order_id), robust=True)
+            transaction.on_commit(partial(enqueue_processing, order_id, task_id), robust=True)
     return bool(marked)
+
+
+def retry_processing(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+    """Retry a process_order task from its result (ops' "Retry"): replay a failed order, or re-send a waiting one."""
+    order_id = kwargs.get("order_id", args[0] if args else None)
+    order = Order.objects.filter(pk=order_id).first()
+    if order is None:
+        raise ValueError(f"order {order_id} does not exist")
+    if order.status == Status.FAILED:
+        retry_failed_order(order.pk, actor_id=actor_id, task_id=task_id)
+    elif not requeue_order(order.pk, actor_id=actor_id, task_id=task_id):
+        raise ValueError(f"order {order.pk} is {order.status} and its lease is live; nothing to retry")
 
 
 # Bounded so that one run stays well inside the sweep's time limit; the next

@@ -18,6 +18,8 @@ from orders import services
     retry_jitter=True,
     soft_time_limit=90,
     time_limit=120,
+    subject=("orders.Order", "order_id"),
+    retry_with="orders.services.retry_processing",
 )
 def process_order(self: Task, order_id: int) -> str:
     """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step."""

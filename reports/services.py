@@ -158,23 +158,35 @@ def schedule_report(kind: str, *, today: date | None = None) -> Report:
     return request_report(kind=kind, start=start, end=end)
 
 
-def regenerate(report_id: int, *, requested_by_id: int | None = None) -> Report:
+def regenerate(report_id: int, *, requested_by_id: int | None = None, task_id: str | None = None) -> Report:
     """Generate a report again, replacing its files (admin action)."""
     with transaction.atomic():
         report = Report.objects.select_for_update().get(pk=report_id)
         if report.status in (Status.PENDING, Status.RUNNING):
             return report
         report.status, report.progress, report.error = Status.PENDING, 0, ""
-        report.save(update_fields=["status", "progress", "error"])
-        transaction.on_commit(partial(_enqueue_generation, report.pk), robust=True)
+        if requested_by_id:
+            report.requested_by_id = requested_by_id
+        report.save(update_fields=["status", "progress", "error", "requested_by"])
+        transaction.on_commit(partial(_enqueue_generation, report.pk, task_id), robust=True)
     return report
 
 
-def _enqueue_generation(report_id: int) -> None:
+def retry_generation(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+    """Retry a generate_report task from its result (ops' "Retry"): generate the report again."""
+    report_id = kwargs.get("report_id", args[0] if args else None)
+    report = Report.objects.filter(pk=report_id).first()
+    if report is None:
+        raise ValueError(f"report {report_id} does not exist")
+    if regenerate(report.pk, requested_by_id=actor_id, task_id=task_id).status != Status.PENDING:
+        raise ValueError(f"{report} is being generated right now")
+
+
+def _enqueue_generation(report_id: int, task_id: str | None = None) -> None:
     from reports.tasks import generate_report
 
     try:
-        generate_report.delay(report_id)
+        generate_report.apply_async((report_id,), task_id=task_id)
     except (BrokerError, OSError) as exc:
         logger.warning("broker unavailable, report %s stays pending: %s", report_id, exc)
 

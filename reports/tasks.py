@@ -9,13 +9,19 @@ from celery import Task, shared_task
 from reports import services
 
 
-@shared_task(bind=True, name="reports.tasks.generate_report", soft_time_limit=600, time_limit=660)
+@shared_task(
+    bind=True, name="reports.tasks.generate_report", soft_time_limit=600, time_limit=660,
+    subject=("reports.Report", "report_id"), retry_with="reports.services.retry_generation",
+)  # fmt: skip
 def generate_report(self: Task, report_id: int) -> str:
     """Generate a pending report: inline for one slice, a chord of slices for more."""
     return services.generate_report(report_id, task_id=self.request.id)
 
 
-@shared_task(bind=True, name="reports.tasks.aggregate_report_slice", soft_time_limit=300, time_limit=360)
+@shared_task(
+    bind=True, name="reports.tasks.aggregate_report_slice", soft_time_limit=300, time_limit=360,
+    subject=("reports.Report", "report_id"),
+)  # fmt: skip
 def aggregate_report_slice(self: Task, report_id: int, start: str, end: str) -> dict:
     """One slice's partial aggregates, with progress reported as it finishes."""
     figures = services.aggregate_slice(report_id, date.fromisoformat(start), date.fromisoformat(end))
@@ -23,7 +29,9 @@ def aggregate_report_slice(self: Task, report_id: int, start: str, end: str) -> 
     return figures
 
 
-@shared_task(name="reports.tasks.finish_report", soft_time_limit=300, time_limit=360)
+@shared_task(
+    name="reports.tasks.finish_report", soft_time_limit=300, time_limit=360, subject=("reports.Report", "report_id")
+)
 def finish_report(partials: list[dict], report_id: int) -> str:
     """The chord's callback: merge the slices, write the CSV and chart, mark the report done."""
     services.finish(report_id, partials)

@@ -14,6 +14,7 @@ from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.db import connection
 
+from tests.support.broker import queue_keys
 from tests.support.processes import PROJECT_ROOT, WorkerProcess
 
 # Keys kombu's Redis transport keeps besides the queues themselves.
@@ -63,7 +64,7 @@ def celery_app():
 def broker() -> Iterator[redis.Redis]:
     """The real Redis broker, with the project's queues emptied before and after the test."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    keys = [queue.name for queue in settings.CELERY_TASK_QUEUES] + list(KOMBU_BOOKKEEPING)
+    keys = [key for queue in settings.CELERY_TASK_QUEUES for key in queue_keys(queue.name)] + list(KOMBU_BOOKKEEPING)
     client.delete(*keys)
     yield client
     client.delete(*keys)

@@ -148,10 +148,16 @@ def test_compose_sends_mail_to_mailpit_unless_told_otherwise() -> None:
     assert "8025:8025" in SERVICES["mailpit"]["ports"]
 
 
-def test_web_migrates_then_serves_with_gunicorn() -> None:
+def test_web_migrates_installs_the_schedules_then_serves_with_gunicorn() -> None:
     steps = commands_in(SERVICES["web"]["command"])
     assert steps[0][:3] == ["python", "manage.py", "migrate"]
+    assert steps[1] == ["python", "manage.py", "setup_schedules"]
     assert steps[-1][:2] == ["exec", "gunicorn"]
+
+
+def test_health_checks_fit_each_process() -> None:
+    assert SERVICES["web"]["healthcheck"]["test"] == ["CMD", "python", "bin/healthcheck-http", "/health/live"]
+    assert SERVICES["beat"]["healthcheck"]["test"] == ["CMD", "python", "manage.py", "beat_status"]
 
 
 def test_every_variable_compose_needs_is_in_the_committed_example_and_env_is_not_committed() -> None:

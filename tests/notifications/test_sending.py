@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -172,12 +173,10 @@ def test_the_stale_sweep_resends_only_old_unsent_rows(settings, broker) -> None:
     assert services.requeue_stale_notifications() == 1
     assert services.requeue_stale_notifications() == 0
 
-    import json
-
     [message] = [json.loads(raw) for raw in broker.lrange("high_priority", 0, -1)]
     assert (message["headers"]["task"], message["headers"]["argsrepr"]) == (
         "notifications.tasks.send_notification",
-        f"({old.pk},)",
+        f"[{old.pk}]",  # ops.publish records the arguments as JSON
     )
 
 

@@ -306,5 +306,5 @@ def test_the_sweep_resends_old_pending_orders_and_expired_leases_once_per_thresh
 
     messages = [json.loads(raw) for raw in broker.lrange("default", 0, -1)]
     assert {m["headers"]["task"] for m in messages} == {"orders.tasks.process_order"}
-    assert sorted(m["headers"]["argsrepr"] for m in messages) == sorted([f"({pending.pk},)", f"({expired.pk},)"])
+    assert sorted(m["headers"]["argsrepr"] for m in messages) == sorted([f"[{pending.pk}]", f"[{expired.pk}]"])
     assert OrderEvent.objects.filter(kind="requeued").count() == 2

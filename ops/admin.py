@@ -1,0 +1,317 @@
+"""The admin for schedules and results, built on django-celery-beat's and django-celery-results' own.
+
+Adds what they lack: only project tasks can be scheduled, arguments must bind to
+the task's signature and queues must exist; a schedule shows its plain-words
+schedule, next runs and last results; "Run now" keeps priority and expires and
+"Retry" re-sends a result's task, both behind the ops.run_task permission.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+from django_celery_beat import admin as beat_admin
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_results import admin as results_admin
+from django_celery_results.models import TaskResult
+
+from ops import catalog, runs, schedule_info
+from ops.models import BeatHeartbeat, TaskRun
+from ops.publish import recorded_arguments
+
+LINE_BREAK = mark_safe("<br>")
+
+
+def result_url(pk: int) -> str:
+    return reverse("admin:django_celery_results_taskresult_change", args=[pk])
+
+
+def result_search_url(task_id: str) -> str:
+    """The result list narrowed to one task id (its result appears once the task has run)."""
+    return f"{reverse('admin:django_celery_results_taskresult_changelist')}?q={task_id}"
+
+
+def task_links(task_ids: list[str]) -> SafeString:
+    return format_html_join(", ", '<a href="{}">{}</a>', ((result_search_url(i), i) for i in task_ids))
+
+
+# --- schedules -------------------------------------------------------------------------
+
+
+class ProjectTaskSelect(beat_admin.TaskSelectWidget):
+    def tasks_as_choices(self) -> tuple[tuple[str, str], ...]:
+        names = list(catalog.project_tasks())
+        return (("", ""), *zip(names, names, strict=True))
+
+
+class ProjectTaskChoiceField(forms.ChoiceField):
+    widget = ProjectTaskSelect
+
+    def valid_value(self, value: str) -> bool:
+        return value in catalog.project_tasks()
+
+
+class ProjectPeriodicTaskForm(beat_admin.PeriodicTaskForm):
+    """django-celery-beat's form, with the task, its arguments and the queue checked before saving."""
+
+    regtask = ProjectTaskChoiceField(label="Task (registered)", required=False)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.errors.get("args") or self.errors.get("kwargs"):
+            return data  # the JSON itself is broken; that error says enough
+        args, kwargs = json.loads(data.get("args") or "[]"), json.loads(data.get("kwargs") or "{}")
+        try:
+            catalog.validate(data.get("task") or "", args, kwargs, data.get("queue") or None)
+        except catalog.InvalidInvocation as exc:
+            for field, problems in exc.errors.items():
+                for problem in problems:
+                    self.add_error(field, problem)
+        return data
+
+
+class ProjectPeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
+    form = ProjectPeriodicTaskForm
+    list_display = ("name", "enabled", "task", "schedule_in_words", "next_run", "last_run_at", "last_result")
+    actions = ("enable_tasks", "disable_tasks", "toggle_tasks", "run_now")
+    readonly_fields = (*beat_admin.PeriodicTaskAdmin.readonly_fields, "upcoming_runs", "recent_results")
+    fieldsets = (
+        *beat_admin.PeriodicTaskAdmin.fieldsets,
+        ("History", {"fields": ("upcoming_runs", "recent_results"), "classes": ("wide",)}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PeriodicTask]:
+        latest = TaskResult.objects.filter(periodic_task_name=OuterRef("name")).order_by("-date_created", "-id")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_result_pk=Subquery(latest.values("pk")[:1]),
+                last_result_status=Subquery(latest.values("status")[:1]),
+            )
+        )
+
+    @admin.display(description="schedule")
+    def schedule_in_words(self, task: PeriodicTask) -> str:
+        return schedule_info.in_words(task)
+
+    @admin.display(description="next run")
+    def next_run(self, task: PeriodicTask) -> str:
+        upcoming = schedule_info.next_runs(task, 1)
+        return f"{upcoming[0]:%Y-%m-%d %H:%M:%S %Z}" if upcoming else "—"
+
+    @admin.display(description="last result")
+    def last_result(self, task: PeriodicTask) -> SafeString | str:
+        if not getattr(task, "last_result_pk", None):
+            return "—"
+        return format_html('<a href="{}">{}</a>', result_url(task.last_result_pk), task.last_result_status)
+
+    @admin.display(description="next 5 runs")
+    def upcoming_runs(self, task: PeriodicTask) -> SafeString | str:
+        runs_at = schedule_info.next_runs(task, 5) if task.pk else []
+        if not runs_at:
+            return "—"
+        return format_html_join(LINE_BREAK, "{}", ((f"{when:%a %Y-%m-%d %H:%M:%S %Z}",) for when in runs_at))
+
+    @admin.display(description="last 10 results")
+    def recent_results(self, task: PeriodicTask) -> SafeString | str:
+        rows = (
+            TaskResult.objects.filter(periodic_task_name=task.name).order_by("-date_created", "-id")[:10]
+            if task.pk
+            else []
+        )
+        if not rows:
+            return "—"
+        return format_html_join(
+            LINE_BREAK, '<a href="{}">{}</a> {} {}',
+            ((result_url(r.pk), r.status, f"{r.date_done or r.date_created:%Y-%m-%d %H:%M:%S}", r.task_id) for r in rows),
+        )  # fmt: skip
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(runs.RUN_PERMISSION)
+
+    @admin.action(description="Run selected tasks now", permissions=["run"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        sent = []
+        for task in queryset:
+            try:
+                sent.append(runs.run_periodic_task_now(task, user=request.user).task_id)
+            except catalog.InvalidInvocation as exc:
+                self.message_user(request, f"{task.name}: {exc}", messages.ERROR)
+        if sent:
+            self.message_user(
+                request, format_html("Sent {} task(s): {}", len(sent), task_links(sent)), messages.SUCCESS
+            )
+
+
+class UsedByMixin:
+    """Interval and crontab rows are shared; show how many tasks an edit would change."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(used_by_count=Count("periodictask"))
+
+    @admin.display(description="used by", ordering="used_by_count")
+    def used_by(self, schedule: IntervalSchedule | CrontabSchedule) -> str:
+        if schedule.pk is None:
+            return "no task"
+        names = list(schedule.periodictask_set.order_by("name").values_list("name", flat=True)[:5])
+        more = schedule.periodictask_set.count() - len(names)
+        return ", ".join(names) + (f" and {more} more" if more > 0 else "") if names else "no task"
+
+    @admin.display(description="used by")
+    def used_by_warning(self, schedule: IntervalSchedule | CrontabSchedule) -> SafeString | str:
+        """On the change page: every task that an edit here reschedules, linked."""
+        if schedule.pk is None:
+            return "—"
+        tasks = list(schedule.periodictask_set.order_by("name"))
+        if not tasks:
+            return "No periodic task uses this schedule."
+        links = format_html_join(
+            ", ", '<a href="{}">{}</a>',
+            ((reverse("admin:django_celery_beat_periodictask_change", args=[task.pk]), task.name) for task in tasks),
+        )  # fmt: skip
+        return format_html("{} — saving a change here reschedules all {} of them.", links, len(tasks))
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, ProjectPeriodicTaskAdmin)
+admin.site.unregister(IntervalSchedule)
+admin.site.unregister(CrontabSchedule)
+
+
+@admin.register(IntervalSchedule)
+class IntervalScheduleAdmin(UsedByMixin, beat_admin.IntervalScheduleAdmin):
+    list_display = ("__str__", "used_by")
+    fields = ("used_by_warning", "every", "period")
+    readonly_fields = ("used_by_warning",)
+
+
+@admin.register(CrontabSchedule)
+class CrontabScheduleAdmin(UsedByMixin, beat_admin.CrontabScheduleAdmin):
+    list_display = ("__str__", "human_readable", "used_by")
+    fields = ("used_by_warning", *beat_admin.CrontabScheduleAdmin.fields)
+    readonly_fields = ("used_by_warning", *beat_admin.CrontabScheduleAdmin.readonly_fields)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+class ProjectTaskResultAdmin(results_admin.TaskResultAdmin):
+    list_display = ("task_id", "task_name", "status", "date_done", "periodic_task_name", "about", "retries", "worker")
+    actions = ("retry_selected",)
+    fieldsets = (
+        *results_admin.TaskResultAdmin.fieldsets,
+        ("Links", {"fields": ("about", "arguments", "retry_of", "retried_as"), "classes": ("wide",)}),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TaskResult | None = None) -> list[str]:
+        # The parent makes every model field read-only (results are records); add the computed ones.
+        return [*super().get_readonly_fields(request, obj), "about", "arguments", "retry_of", "retried_as"]
+
+    @admin.display(description="about")
+    def about(self, result: TaskResult) -> SafeString | str:
+        try:
+            args, kwargs = recorded_arguments(result.task_args, result.task_kwargs)
+        except ValueError:
+            return "—"
+        target = catalog.subject_of(result.task_name or "", args, kwargs)
+        if target is None:
+            return "—"
+        meta = target._meta
+        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[target.pk])
+        return format_html('<a href="{}">{} #{}</a>', url, meta.verbose_name, target.pk)
+
+    @admin.display(description="arguments (as sent)")
+    def arguments(self, result: TaskResult) -> str:
+        try:
+            args, kwargs = recorded_arguments(result.task_args, result.task_kwargs)
+        except ValueError:
+            return "not recorded as JSON (cannot be retried)"
+        return f"args {json.dumps(args)}, kwargs {json.dumps(kwargs)}"
+
+    @admin.display(description="retry of")
+    def retry_of(self, result: TaskResult) -> SafeString | str:
+        run = (
+            TaskRun.objects.filter(task_id=result.task_id, source=TaskRun.Source.RETRY)
+            .select_related("requested_by")
+            .first()
+        )
+        if run is None:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a> (retried by {} at {})', result_search_url(run.retry_of), run.retry_of,
+            run.requested_by or "—", f"{run.requested_at:%Y-%m-%d %H:%M:%S}",
+        )  # fmt: skip
+
+    @admin.display(description="retried as")
+    def retried_as(self, result: TaskResult) -> SafeString | str:
+        retries = (
+            TaskRun.objects.filter(retry_of=result.task_id).select_related("requested_by").order_by("requested_at")
+        )
+        if not retries:
+            return "—"
+        return format_html_join(
+            LINE_BREAK, '<a href="{}">{}</a> by {} at {}',
+            ((result_search_url(r.task_id), r.task_id, r.requested_by or "—", f"{r.requested_at:%Y-%m-%d %H:%M:%S}") for r in retries),
+        )  # fmt: skip
+
+    @admin.display(description="retries")
+    def retries(self, result: TaskResult) -> str:
+        count = TaskRun.objects.filter(retry_of=result.task_id).count()
+        return str(count) if count else ""
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(runs.RUN_PERMISSION)
+
+    @admin.action(description="Retry selected (as new tasks)", permissions=["run"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[TaskResult]) -> None:
+        sent = []
+        for result in queryset:
+            try:
+                sent.append(runs.retry_result(result, user=request.user).task_id)
+            except (runs.RetryRefused, catalog.InvalidInvocation) as exc:
+                self.message_user(request, f"Not retried: {exc}", messages.ERROR)
+        if sent:
+            self.message_user(
+                request, format_html("Retrying {} task(s): {}", len(sent), task_links(sent)), messages.SUCCESS
+            )
+
+
+admin.site.unregister(TaskResult)
+admin.site.register(TaskResult, ProjectTaskResultAdmin)
+
+
+@admin.register(TaskRun)
+class TaskRunAdmin(admin.ModelAdmin):
+    """Who ran or retried what, and when (read only)."""
+
+    list_display = ("requested_at", "source", "task_name", "new_task", "retry_of", "periodic_task_name", "requested_by")
+    list_filter = ("source", "task_name", "requested_at")
+    search_fields = ("task_id", "retry_of", "task_name", "requested_by__username")
+    readonly_fields = [field.name for field in TaskRun._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TaskRun | None = None) -> bool:
+        return False
+
+    @admin.display(description="new task")
+    def new_task(self, run: TaskRun) -> SafeString:
+        return task_links([run.task_id])
+
+
+@admin.register(BeatHeartbeat)
+class BeatHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ("node", "role", "seen_at", "started_at")
+    readonly_fields = ("node", "role", "seen_at", "started_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,112 @@
+"""What tasks exist and what they accept: the one check behind the schedule admin, "Run now", "Retry" and run_task."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+from django.apps import apps
+from django.conf import settings
+from django.db.models import Model
+
+from config import celery_app
+
+# Celery's own task that beat installs when result_expires is set; staff may edit its schedule.
+BUILTIN_PERIODIC_TASKS = ("celery.backend_cleanup",)
+
+
+def project_tasks() -> dict[str, Task]:
+    """Registered tasks from this project's apps (plus beat's result cleanup), by name."""
+    celery_app.loader.import_default_modules()
+    prefixes = tuple(f"{config.name}.tasks." for config in apps.get_app_configs())
+    return {
+        name: task
+        for name, task in sorted(celery_app.tasks.items())
+        if name.startswith(prefixes) or name in BUILTIN_PERIODIC_TASKS
+    }
+
+
+def queue_names() -> list[str]:
+    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
+
+
+class InvalidInvocation(Exception):
+    """The task name, arguments or queue are wrong; `errors` maps fields to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Invocation:
+    task: Task
+    args: list
+    kwargs: dict
+    queue: str | None = None
+
+
+def parse_json_arguments(args_text: str | None, kwargs_text: str | None) -> tuple[Any, Any]:
+    """Parse --args/--kwargs style JSON text; raise InvalidInvocation naming the field."""
+    errors: dict[str, list[str]] = {}
+    parsed = []
+    for field, text, default in (("args", args_text, []), ("kwargs", kwargs_text, {})):
+        try:
+            parsed.append(json.loads(text) if text not in (None, "") else default)
+        except ValueError as exc:
+            errors[field] = [f"Not valid JSON: {exc}."]
+            parsed.append(default)
+    if errors:
+        raise InvalidInvocation(errors)
+    return parsed[0], parsed[1]
+
+
+def validate(name: str, args: Any, kwargs: Any, queue: str | None = None) -> Invocation:
+    """Check that `name` is a project task, that args/kwargs bind to its signature and that the queue exists."""
+    errors: dict[str, list[str]] = {}
+    task = project_tasks().get(name)
+    if task is None:
+        errors["task"] = [f"{name!r} is not a registered task of this project."]
+    if not isinstance(args, list):
+        errors["args"] = ["Give the positional arguments as a JSON list, e.g. [42] or []."]
+    if not isinstance(kwargs, dict):
+        errors["kwargs"] = ['Give the keyword arguments as a JSON object, e.g. {"order_id": 42} or {}.']
+    if task is not None and "args" not in errors and "kwargs" not in errors:
+        try:
+            inspect.signature(task.run).bind(*args, **kwargs)
+        except TypeError as exc:
+            errors["args"] = [f"These arguments do not fit {name}{inspect.signature(task.run)}: {exc}."]
+    if queue and queue not in queue_names():
+        errors["queue"] = [f"{queue!r} is not a queue; use one of {', '.join(queue_names())}."]
+    if errors:
+        raise InvalidInvocation(errors)
+    return Invocation(task=task, args=args, kwargs=kwargs, queue=queue or None)
+
+
+def subject_of(task_name: str, args: list, kwargs: dict) -> Model | None:
+    """The domain object a task works on (order, notification, report...), from its `subject` declaration."""
+    task = celery_app.tasks.get(task_name)
+    declared = getattr(task, "subject", None)
+    if not declared:
+        return None
+    label, argument = declared
+    try:
+        pk = inspect.signature(task.run).bind(*args, **kwargs).arguments[argument]
+        return apps.get_model(label).objects.filter(pk=pk).first()
+    except (TypeError, KeyError, ValueError, LookupError):
+        return None
+
+
+def subject_ref(task: Task, args: Any, kwargs: Any) -> str:
+    """'orders.Order:42' for a task that declares its subject, else '-' (no database access, for logs)."""
+    declared = getattr(task, "subject", None)
+    if not declared:
+        return "-"
+    label, argument = declared
+    try:
+        return f"{label}:{inspect.signature(task.run).bind(*(args or ()), **(kwargs or {})).arguments[argument]}"
+    except (TypeError, KeyError):
+        return "-"

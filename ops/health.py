@@ -1,0 +1,109 @@
+"""Is each part alive? The database, the broker, the workers and beat, as read by /health/, /metrics and the admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from config import celery_app
+from ops.models import BeatHeartbeat
+
+# A short ping: a health check must answer quickly even when workers are gone.
+PING_TIMEOUT = 0.5
+
+
+@dataclass
+class Part:
+    ok: bool
+    detail: str
+    data: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"ok": self.ok, "detail": self.detail, **self.data}
+
+
+def database() -> Part:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return Part(True, f"{connection.vendor} answers")
+    except DatabaseError as exc:
+        return Part(False, f"database unreachable: {exc}")
+
+
+def queue_depths() -> dict[str, int]:
+    """Messages waiting in each queue, read from the broker (raises when it is unreachable)."""
+    depths = {}
+    with celery_app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+        channel = conn.default_channel
+        for queue in settings.CELERY_TASK_QUEUES:
+            # Not passive: Kombu's Redis transport answers a passive declare of an
+            # empty queue (no list key) with 404. Declaring creates nothing on Redis.
+            depths[queue.name] = channel.queue_declare(queue=queue.name).message_count
+    return depths
+
+
+def broker() -> Part:
+    try:
+        depths = queue_depths()
+    except Exception as exc:  # kombu raises many kinds of connection errors
+        return Part(False, f"broker unreachable: {exc}")
+    return Part(True, "broker answers", {"queues": depths})
+
+
+def workers() -> Part:
+    try:
+        # A connection of its own for every ping: on a reused connection Kombu
+        # remembers the reply queue as declared after the previous ping deleted
+        # it, and the replies to the next ping are dropped.
+        with celery_app.connection_for_write() as conn:
+            replies = celery_app.control.ping(timeout=PING_TIMEOUT, connection=conn)
+    except Exception as exc:  # the broker is down, so no worker can be reached either
+        return Part(False, f"cannot ping workers: {exc}", {"online": []})
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        return Part(False, f"no worker answered a ping within {PING_TIMEOUT}s", {"online": []})
+    return Part(True, f"{len(names)} worker(s) online", {"online": names})
+
+
+def latest_leader_heartbeat() -> BeatHeartbeat | None:
+    return BeatHeartbeat.objects.filter(role=BeatHeartbeat.Role.LEADER).order_by("-seen_at").first()
+
+
+def beat() -> Part:
+    try:
+        heartbeat = latest_leader_heartbeat()
+    except DatabaseError as exc:
+        return Part(False, f"cannot read beat's heartbeat: {exc}")
+    if heartbeat is None:
+        return Part(False, "beat has never run (no heartbeat)", {"age_seconds": None})
+    age = (timezone.now() - heartbeat.seen_at).total_seconds()
+    limit = settings.BEAT_HEARTBEAT_MAX_AGE.total_seconds()
+    data = {"age_seconds": round(age, 1), "leader": heartbeat.node}
+    if age > limit:
+        return Part(False, f"beat's last heartbeat is {age:.0f}s old (limit {limit:.0f}s)", data)
+    return Part(True, f"beat leader {heartbeat.node} ticked {age:.0f}s ago", data)
+
+
+def readiness() -> dict[str, Part]:
+    return {"database": database(), "broker": broker(), "workers": workers(), "beat": beat()}
+
+
+def failures_since(hours: int = 24) -> list[tuple[str, int]]:
+    """Failed task results in the last `hours`, per task name, most first."""
+    from django.db.models import Count
+    from django_celery_results.models import TaskResult
+
+    since = timezone.now() - timedelta(hours=hours)
+    rows = (
+        TaskResult.objects.filter(status="FAILURE", date_done__gte=since)
+        .values("task_name")
+        .annotate(count=Count("pk"))
+        .order_by("-count", "task_name")
+    )
+    return [(row["task_name"] or "(unknown)", row["count"]) for row in rows]

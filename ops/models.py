@@ -1,0 +1,52 @@
+"""Operations records: manual task runs and retries (an audit trail), and beat's heartbeat."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class TaskRun(models.Model):
+    """A task sent by a person: "Run now" on a schedule, "Retry" on a result, or manage.py run_task."""
+
+    class Source(models.TextChoices):
+        RUN_NOW = "run_now", "Run now (schedule)"
+        RETRY = "retry", "Retry (result)"
+        COMMAND = "command", "manage.py run_task"
+
+    task_name = models.CharField(max_length=255)
+    task_id = models.CharField(max_length=255, unique=True, help_text="The new task's id.")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(default=dict, blank=True, help_text="queue, priority, expires, countdown, headers")
+    source = models.CharField(max_length=8, choices=Source.choices)
+    retry_of = models.CharField(max_length=255, blank=True, db_index=True, help_text="The task id that was retried.")
+    periodic_task_name = models.CharField(max_length=255, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    requested_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-requested_at"]
+        permissions = [("run_task", "Can run and retry tasks by hand")]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()}: {self.task_name} [{self.task_id}]"
+
+
+class BeatHeartbeat(models.Model):
+    """One row per beat process; the leader refreshes `seen_at` on every tick."""
+
+    class Role(models.TextChoices):
+        LEADER = "leader", "Leader (sending)"
+        STANDBY = "standby", "Standby (waiting for the lock)"
+
+    node = models.CharField(max_length=255, unique=True, help_text="host:pid")
+    role = models.CharField(max_length=8, choices=Role.choices)
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-seen_at"]
+
+    def __str__(self) -> str:
+        return f"beat {self.node} ({self.role})"

@@ -1,0 +1,88 @@
+"""Health checks for load balancers and compose, Prometheus metrics, and the operations overview for staff."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.admin import site as admin_site
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from config.api import json_error
+from ops import health
+from ops.metrics import BackofficeCollector
+
+
+@never_cache
+@require_GET
+def health_live(request: HttpRequest) -> HttpResponse:
+    """Liveness: the web process answers. Cheap: touches nothing else."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def health_ready(request: HttpRequest) -> HttpResponse:
+    """Readiness: database, broker, workers and beat. 200 when all are healthy, else 503 naming what is not.
+
+    Open to anyone (load balancers and compose ask it); it tells only whether each
+    part works, plus queue depths, worker names and beat's heartbeat age.
+    """
+    parts = health.readiness()
+    failing = [name for name, part in parts.items() if not part.ok]
+    body = {
+        "status": "ok" if not failing else "unhealthy",
+        "failing": failing,
+        "checks": {name: part.as_json() for name, part in parts.items()},
+    }
+    return JsonResponse(body, status=503 if failing else 200)
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    if request.user.is_authenticated and request.user.is_staff:
+        return True
+    token = settings.METRICS_TOKEN
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format; needs METRICS_TOKEN as a bearer token, or a staff session."""
+    if not _metrics_allowed(request):
+        response = json_error(401, "Send METRICS_TOKEN as 'Authorization: Bearer <token>', or log in as staff.")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BackofficeCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def overview(request: HttpRequest) -> HttpResponse:
+    """Admin page: queue depths, workers online, beat's heartbeat and the last day's failures."""
+    from ops.models import BeatHeartbeat
+
+    parts = health.readiness()
+    since = (timezone.now() - timedelta(hours=24)).strftime("%Y-%m-%d %H:%M:%S")
+    results_url = reverse("admin:django_celery_results_taskresult_changelist")
+    failures = [
+        (name, count, f"{results_url}?status__exact=FAILURE&task_name__exact={name}&date_done__gte={since}")
+        for name, count in health.failures_since(24)
+    ]
+    context = {
+        **admin_site.each_context(request),
+        "title": "Operations overview",
+        "parts": parts,
+        "beats": BeatHeartbeat.objects.all()[:10],
+        "failures": failures,
+        "all_failures_url": f"{results_url}?status__exact=FAILURE&date_done__gte={since}",
+    }
+    return TemplateResponse(request, "admin/ops/overview.html", context)

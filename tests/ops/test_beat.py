@@ -1,0 +1,101 @@
+"""Beat processes for real: admin edits take effect without a restart, and two beats send each run once."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from django.test import Client
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from django_celery_results.models import TaskResult
+
+from ops.models import BeatHeartbeat
+from tests.support.processes import BeatProcess, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def runs_of(name: str) -> int:
+    return TaskResult.objects.filter(periodic_task_name=name).count()
+
+
+@pytest.fixture
+def admin_client(staff) -> Client:
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+def test_a_schedule_created_changed_and_disabled_in_the_admin_takes_effect_without_a_restart(
+    start_worker_process, process_env, admin_client
+) -> None:
+    start_worker_process()
+    every_second = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    with BeatProcess(process_env) as beat:
+        wait_for(lambda: "is the leader now" in beat.output(), 30, 0.2, "beat to lead")
+
+        response = admin_client.post("/admin/django_celery_beat/periodictask/add/", {
+            "name": "Sweep often", "regtask": "orders.tasks.check_pending_orders", "task": "", "enabled": "on",
+            "interval": every_second.pk, "args": "[]", "kwargs": "{}", "headers": "{}", "expire_seconds": "5",
+            "description": "", "priority": "", "queue": "", "exchange": "", "routing_key": "",
+        })  # fmt: skip
+        assert response.status_code == 302, response.context["adminform"].form.errors
+        wait_for(lambda: runs_of("Sweep often") >= 2, 30, 0.2, "the new schedule's runs")
+
+        task = PeriodicTask.objects.get(name="Sweep often")
+        admin_client.post(f"/admin/django_celery_beat/periodictask/{task.pk}/change/", {
+            "name": "Sweep often", "regtask": "notifications.tasks.requeue_stale_notifications", "task": "",
+            "enabled": "on", "interval": every_second.pk, "args": "[]", "kwargs": "{}", "headers": "{}",
+            "expire_seconds": "5", "description": "", "priority": "", "queue": "", "exchange": "", "routing_key": "",
+        })  # fmt: skip
+        wait_for(
+            lambda: TaskResult.objects.filter(
+                periodic_task_name="Sweep often", task_name="notifications.tasks.requeue_stale_notifications"
+            ).exists(),
+            30, 0.2, "the edited schedule's task",
+        )  # fmt: skip
+
+        admin_client.post(
+            "/admin/django_celery_beat/periodictask/", {"action": "disable_tasks", "_selected_action": [task.pk]}
+        )
+        time.sleep(7)  # a tick or two to notice, and in-flight runs to finish
+        settled = runs_of("Sweep often")
+        time.sleep(5)
+        assert runs_of("Sweep often") == settled, "runs went on after the schedule was disabled"
+
+
+def test_two_beats_send_each_run_once_and_the_standby_takes_over_when_the_leader_dies(
+    start_worker_process, process_env
+) -> None:
+    start_worker_process()
+    PeriodicTask.objects.create(
+        name="Every two seconds", task="orders.tasks.check_pending_orders",
+        interval=IntervalSchedule.objects.create(every=2, period=IntervalSchedule.SECONDS),
+    )  # fmt: skip
+    with BeatProcess(process_env) as first, BeatProcess(process_env) as second:
+        wait_for(lambda: BeatHeartbeat.objects.count() == 2, 30, 0.2, "both beats to report")
+        leaders = wait_for(
+            lambda: [b for b in (first, second) if "is the leader now" in b.output()] or None, 30, 0.2, "a leader"
+        )
+        [leader] = leaders
+        standby = second if leader is first else first
+        assert "is standby" in standby.output()
+        assert set(BeatHeartbeat.objects.values_list("role", flat=True)) == {"leader", "standby"}
+
+        wait_for(lambda: runs_of("Every two seconds") >= 1, 30, 0.2, "the first run")
+        start, began = runs_of("Every two seconds"), time.monotonic()
+        time.sleep(10)
+        ran = runs_of("Every two seconds") - start
+        elapsed = time.monotonic() - began
+        # One beat sends every 2 s: about elapsed/2 runs. Two beats would send twice that.
+        assert ran <= elapsed / 2 + 1, f"{ran} runs in {elapsed:.0f}s: more than one beat is sending"
+        assert ran >= elapsed / 2 - 2, f"{ran} runs in {elapsed:.0f}s: the leader is not sending"
+
+        leader.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: "is the leader now" in standby.output(), 30, 0.2, "the standby to take over")
+        takeover = time.monotonic() - killed_at
+        assert takeover < 15, f"the standby took {takeover:.1f}s to take over"
+        before = runs_of("Every two seconds")
+        wait_for(lambda: runs_of("Every two seconds") >= before + 2, 30, 0.2, "runs under the new leader")

@@ -1,0 +1,140 @@
+"""Health checks and metrics against real processes: a worker and a beat that the test stops."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+
+from ops import runs
+from tests.support.processes import BeatProcess, WorkerProcess, wait_for
+from tests.support.servers import HttpSession, RedisServer, WebProcess
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def health(client: Client) -> tuple[int, dict]:
+    response = client.get("/health/")
+    return response.status_code, response.json()
+
+
+def wait_for_status(client: Client, status: int, timeout: float, message: str) -> dict:
+    """Poll /health/ until it answers `status`; on timeout the failure shows the last body."""
+    seen: list[dict] = []
+
+    def answered() -> bool:
+        code, body = health(client)
+        seen[:] = [body]
+        return code == status
+
+    try:
+        wait_for(answered, timeout, 0.3, message)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last /health/ body: {seen}") from None
+    return seen[0]
+
+
+def test_liveness_answers_without_touching_anything(client, django_assert_num_queries) -> None:
+    with django_assert_num_queries(0):
+        response = client.get("/health/live")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.slow
+def test_readiness_is_200_with_everything_up_and_503_naming_a_stopped_worker_or_beat(
+    process_env, broker, celery_app, settings
+) -> None:
+    # Beat ticks at least every 5 s (django-celery-beat's max interval), so a
+    # live beat's heartbeat is never older than that plus a little.
+    settings.BEAT_HEARTBEAT_MAX_AGE = timedelta(seconds=8)
+    client = Client()
+    worker = WorkerProcess(process_env).start()
+    beat = BeatProcess(process_env).start()
+    try:
+        worker.wait_ready(celery_app)
+        body = wait_for_status(client, 200, 30, "everything to be healthy")
+        assert body["status"] == "ok" and body["failing"] == []
+        assert body["checks"]["workers"]["online"] == [worker.nodename]
+        assert set(body["checks"]["broker"]["queues"]) == {"high_priority", "default", "low_priority"}
+
+        worker.stop()
+        status, body = health(client)
+        assert (status, body["failing"]) == (503, ["workers"])
+        assert "no worker answered" in body["checks"]["workers"]["detail"]
+
+        worker = WorkerProcess(process_env).start().wait_ready(celery_app)
+        wait_for_status(client, 200, 30, "the new worker")
+        beat.stop()
+        body = wait_for_status(client, 503, 30, "beat's heartbeat to go stale")
+        assert body["failing"] == ["beat"]
+        assert "heartbeat is" in body["checks"]["beat"]["detail"]
+    finally:
+        worker.stop()
+        beat.stop()
+
+
+@pytest.mark.slow
+def test_readiness_names_the_broker_when_it_is_down(web_env) -> None:
+    with RedisServer() as redis_server, WebProcess({**web_env, "CELERY_BROKER_URL": redis_server.url}) as web:
+        web.wait_ready()
+        redis_server.stop()
+        response = HttpSession(web.base_url).request("GET", "/health/")
+    assert response.status == 503
+    body = response.json()
+    assert "broker" in body["failing"] and "workers" in body["failing"]
+    assert body["checks"]["broker"]["ok"] is False
+
+
+def test_metrics_refuse_anonymous_and_wrong_tokens(client, settings) -> None:
+    settings.METRICS_TOKEN = "s3cret-token"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    settings.METRICS_TOKEN = ""
+    assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401
+
+
+def test_metrics_accept_the_token_or_a_staff_session(client, staff, customer, settings) -> None:
+    settings.METRICS_TOKEN = "s3cret-token"
+    by_token = client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+    assert by_token.status_code == 200
+    assert by_token["Content-Type"].startswith("text/plain")
+    client.force_login(customer)
+    assert client.get("/metrics").status_code == 401
+    client.force_login(staff)
+    assert b"backoffice_queue_depth" in client.get("/metrics").content
+
+
+@pytest.mark.slow
+def test_metric_counts_move_after_tasks_run(client, staff, start_worker_process) -> None:
+    start_worker_process()
+    client.force_login(staff)
+
+    def successes() -> float:
+        text = client.get("/metrics").content.decode()
+        found = re.search(
+            r'backoffice_task_results\{state="SUCCESS",task="orders.tasks.check_pending_orders"\} ([0-9.e+]+)', text
+        ) or re.search(
+            r'backoffice_task_results\{task="orders.tasks.check_pending_orders",state="SUCCESS"\} ([0-9.e+]+)', text
+        )
+        return float(found.group(1)) if found else 0.0
+
+    before = successes()
+    text = client.get("/metrics").content.decode()
+    assert "backoffice_workers_online 1.0" in text, [
+        line for line in text.splitlines() if "online" in line or "up{" in line
+    ]
+    for _ in range(3):
+        runs.run_task("orders.tasks.check_pending_orders", [], {}, user=staff)
+    wait_for(lambda: successes() >= before + 3, 30, 0.3, "the metric to count the runs")
+    time.sleep(0)
+
+
+@pytest.mark.slow
+def test_back_to_back_pings_all_find_the_worker(worker) -> None:
+    """Kombu drops replies to a second ping on a reused connection; every ping must see the worker."""
+    from ops import health as checks
+
+    assert [checks.workers().data["online"] for _ in range(3)] == [[worker.nodename]] * 3
