@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from django.db import connection
 
@@ -60,3 +63,28 @@ def test_a_task_that_breaks_its_connection_still_records_its_failure(thread_work
     row = TaskResult.objects.get(task_id=broken.id)
     assert row.status == "FAILURE"
     assert "terminating connection" in row.result
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_quiet_connection_skips_the_health_check_and_a_dropped_one_gets_it(thread_worker, monkeypatch) -> None:
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    checks_by_worker: list[int] = []
+    real_check = DatabaseWrapper.is_usable
+
+    def counted(self: DatabaseWrapper) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            checks_by_worker.append(1)
+        return real_check(self)
+
+    monkeypatch.setattr(DatabaseWrapper, "is_usable", counted)
+    pid = backend_pid.delay().get(timeout=20)
+    checks_by_worker.clear()
+    assert [backend_pid.delay().get(timeout=20) for _ in range(3)] == [pid] * 3
+    assert checks_by_worker == [], "a healthy, quiet connection was health-checked"
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    time.sleep(0.2)  # the server's goodbye reaches the worker's socket
+    assert backend_pid.delay().get(timeout=20) != pid
+    assert checks_by_worker, "the dropped connection was not health-checked"
