@@ -357,6 +357,21 @@ CELERY_TASK_ROUTES = {
     "orders.tasks.*": {"queue": "default"},
 }
 
+# Which tasks store their results, task by task. Every stored state is a write to
+# the results table (STARTED alone costs a get_or_create: four round trips), and a
+# task whose own row already records what happened does not need the copy. Tasks
+# not listed store every state. Failures are stored for every task, listed ones
+# included, so staff always find them in the admin and can retry them.
+CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
+CELERY_TASK_ANNOTATIONS = {
+    # The Notification row holds status, attempts, last error, sent_at and the task id;
+    # a result row per email would only repeat it (the outbox admin is where staff look).
+    "notifications.tasks.send_notification": {"ignore_result": True, "track_started": False},
+    # Results stay, for the order admin's links, but the Order row already says
+    # "processing" (with its lease holder), so STARTED is not written.
+    "orders.tasks.process_order": {"track_started": False},
+}
+
 CELERY_TIMEZONE = TIME_ZONE
 # Schedules live in the database and staff edit them in the admin.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

@@ -110,12 +110,16 @@ def queue_email(
         "subject_object": subject_object,
     }  # fmt: skip
     try:
+        # Insert first and look only on a conflict: a new message (the usual case)
+        # costs one INSERT in a savepoint instead of a SELECT before it.
         with transaction.atomic():
-            notification, created = Notification.objects.get_or_create(dedup_key=dedup_key, defaults=fields)
-    except IntegrityError:  # the same key, created concurrently
-        return Notification.objects.get(dedup_key=dedup_key)
-    if created:
-        transaction.on_commit(partial(enqueue_send, notification.pk), robust=True)
+            notification = Notification.objects.create(dedup_key=dedup_key, **fields)
+    except IntegrityError:
+        existing = Notification.objects.filter(dedup_key=dedup_key).first()
+        if existing is None:
+            raise  # another constraint failed, not the dedup key
+        return existing
+    transaction.on_commit(partial(enqueue_send, notification.pk, expires=expires_at), robust=True)
     return notification
 
 
@@ -199,11 +203,20 @@ def queue_test_email(recipient: str) -> Notification:
 # --- sending one -------------------------------------------------------------------
 
 
-def enqueue_send(notification_id: int, countdown: float | None = None, task_id: str | None = None) -> bool:
-    """Send the send_notification task; a broker outage is logged and left to the stale sweep."""
+_UNKNOWN = object()
+
+
+def enqueue_send(
+    notification_id: int, countdown: float | None = None, task_id: str | None = None, *, expires: object = _UNKNOWN
+) -> bool:
+    """Send the send_notification task; a broker outage is logged and left to the stale sweep.
+
+    `expires` is the row's expires_at when the caller has it; otherwise it is read.
+    """
     from notifications.tasks import send_notification  # tasks import this module
 
-    expires = Notification.objects.filter(pk=notification_id).values_list("expires_at", flat=True).first()
+    if expires is _UNKNOWN:
+        expires = Notification.objects.filter(pk=notification_id).values_list("expires_at", flat=True).first()
     try:
         # Time-sensitive messages also expire on the broker, so a backlog drops them.
         send_notification.apply_async((notification_id,), countdown=countdown, expires=expires, task_id=task_id)
@@ -227,11 +240,12 @@ def send_notification(notification_id: int, *, task_id: str, last_attempt: bool 
     if limit is not None:
         grant = ratelimit.take("email", 1, limit)
         if not grant.granted:
-            enqueue_send(notification_id, countdown=grant.wait)
+            enqueue_send(notification_id, countdown=grant.wait, expires=notification.expires_at)
             return Outcome.THROTTLED
     if not _claim(Notification.objects.filter(pk=notification_id), task_id):
         return Outcome.SKIPPED
-    notification.refresh_from_db()
+    # No re-read after the claim: it changes only status and lease fields, and
+    # the message's content (what build_message reads) never changes.
     try:
         with get_connection() as connection:
             connection.send_messages([build_message(notification)])
@@ -806,14 +820,16 @@ def requeue_stale_notifications() -> int:
     cutoff = now - settings.NOTIFICATION_REQUEUE_AFTER
     stale = _claimable(now) & Q(created_at__lt=cutoff) & (Q(requeued_at__isnull=True) | Q(requeued_at__lt=cutoff))
     rows = list(
-        Notification.objects.filter(stale).order_by("pk").values("pk", "kind", "campaign_id")[:SWEEP_BATCH_SIZE]
+        Notification.objects.filter(stale)
+        .order_by("pk")
+        .values("pk", "kind", "campaign_id", "expires_at")[:SWEEP_BATCH_SIZE]
     )
     if not rows:
         return 0
     Notification.objects.filter(pk__in=[row["pk"] for row in rows]).update(requeued_at=now)
     for row in rows:
         if row["kind"] not in Notification.BULK_KINDS:
-            enqueue_send(row["pk"])
+            enqueue_send(row["pk"], expires=row["expires_at"])
     bulk = sorted(
         (row for row in rows if row["kind"] in Notification.BULK_KINDS), key=lambda r: (r["campaign_id"] or 0, r["pk"])
     )
