@@ -7,10 +7,12 @@ Processing runs the steps reserve stock -> charge -> ship -> notify customer as
 checkpoints inside one task, not as a chain of four tasks. One task keeps one
 lease holder from start to finish, a retry resumes after `Order.step` without
 handing state from task to task, and an order costs one task instead of four
-(which matters at thousands of orders per minute). Each step commits its
-checkpoint before the next begins, and every outside call (gateway, carrier)
-carries an idempotency key derived from the order, so a retry never repeats a
-finished side effect.
+(which matters at thousands of orders per minute). Every outside call
+(gateway, carrier) is preceded by a committed checkpoint and carries an
+idempotency key derived from the order, so a retry never repeats a finished
+side effect. Writes that need not be apart share a commit (the claim and its
+history entry; the shipment and the completion): on a durable PostgreSQL each
+commit waits for the disk, and that, more than queries, is what an order costs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, OperationalError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -217,9 +219,8 @@ def _run_steps(order: Order, lines: list[OrderLine], task_id: str) -> None:
         _reserve_stock(order, lines, task_id)
     if not order.step_done(Step.CHARGED):
         _charge(order, task_id)
-    if not order.step_done(Step.SHIPPED):
-        _ship(order, lines, task_id)
-    _complete(order, task_id)
+    tracking_number = None if order.step_done(Step.SHIPPED) else _book_shipment(order, lines)
+    _complete(order, task_id, tracking_number)
 
 
 def _claim(order_id: int, task_id: str) -> Order | None:
@@ -228,65 +229,95 @@ def _claim(order_id: int, task_id: str) -> Order | None:
     claimable = Q(status=Status.PENDING) | Q(status=Status.PROCESSING) & (
         Q(lease_owner=task_id) | Q(lease_expires_at__lt=now)
     )
-    claimed = Order.objects.filter(claimable, pk=order_id).update(
-        status=Status.PROCESSING,
-        lease_owner=task_id,
-        lease_expires_at=now + settings.ORDER_LEASE_TIMEOUT,
-        attempts=F("attempts") + 1,
-        updated_at=now,
-    )
-    if not claimed:
-        logger.info("order %s not claimed by task %s: final, missing, or leased to another task", order_id, task_id)
-        return None
-    order = Order.objects.get(pk=order_id)
-    OrderEvent.objects.create(
-        order=order, kind=OrderEvent.Kind.ATTEMPT, task_id=task_id, message=f"attempt {order.attempts}"
-    )
+    with transaction.atomic():  # the claim and its history entry: one commit
+        claimed = Order.objects.filter(claimable, pk=order_id).update(
+            status=Status.PROCESSING,
+            lease_owner=task_id,
+            lease_expires_at=now + settings.ORDER_LEASE_TIMEOUT,
+            attempts=F("attempts") + 1,
+            updated_at=now,
+        )
+        if not claimed:
+            logger.info("order %s not claimed by task %s: final, missing, or leased to another task", order_id, task_id)
+            return None
+        order = Order.objects.get(pk=order_id)
+        OrderEvent.objects.create(
+            order=order, kind=OrderEvent.Kind.ATTEMPT, task_id=task_id, message=f"attempt {order.attempts}"
+        )
     return order
 
 
 def _lock_for_step(order: Order, task_id: str) -> Order:
-    """Lock the order row at a step boundary; stop if it was cancelled or our lease was taken over."""
+    """Lock the order row; stop if it was cancelled or our lease was taken over (the compensation path)."""
     locked = Order.objects.select_for_update().get(pk=order.pk)
-    if locked.status == Status.CANCELLED:
-        raise _Stop(Outcome.CANCELLED, "the order was cancelled")
-    if locked.status != Status.PROCESSING or locked.lease_owner != task_id:
-        raise _Stop(Outcome.STOPPED, f"lease lost to {locked.lease_owner or 'nobody'} (status {locked.status})")
+    _stop_unless_leased(locked, task_id)
     return locked
 
 
-def _already_done(order: Order, locked: Order, step: Step) -> bool:
-    """True when the step was finished meanwhile (the same message delivered twice at once); catch up the copy."""
-    if locked.step_done(step):
-        order.step, order.tracking_number = locked.step, locked.tracking_number
+def _stop_unless_leased(current: Order, task_id: str) -> None:
+    if current.status == Status.CANCELLED:
+        raise _Stop(Outcome.CANCELLED, "the order was cancelled")
+    if current.status != Status.PROCESSING or current.lease_owner != task_id:
+        raise _Stop(Outcome.STOPPED, f"lease lost to {current.lease_owner or 'nobody'} (status {current.status})")
+
+
+def _leased(order: Order, task_id: str) -> QuerySet[Order]:
+    return Order.objects.filter(pk=order.pk, status=Status.PROCESSING, lease_owner=task_id)
+
+
+# The forward steps prove the lease and record the checkpoint in one conditional
+# UPDATE instead of SELECT ... FOR UPDATE followed by an UPDATE: the UPDATE takes
+# the same row lock (a cancel waits for the step's transaction, and the other way
+# round), and a pipeline that makes ~45 round trips per order this way makes ~30.
+# Only when it matches nothing is the row read, to find out why.
+
+
+def _advance(order: Order, task_id: str, step: Step, **fields: object) -> bool:
+    """Record `step` as finished and renew the lease, while the order is ours and at the step before.
+
+    False when a duplicate delivery of this task finished the step meanwhile (the
+    caller then skips the step's side effects). Raises _Stop when the order was
+    cancelled or its lease went to another task.
+    """
+    now = timezone.now()
+    changes = {"step": step, "lease_expires_at": now + settings.ORDER_LEASE_TIMEOUT, "updated_at": now, **fields}
+    previous = _STEPS[_STEPS.index(step) - 1]
+    if _leased(order, task_id).filter(step=previous).update(**changes):
+        for name, value in changes.items():
+            setattr(order, name, value)
         return True
+    current = Order.objects.get(pk=order.pk)
+    _stop_unless_leased(current, task_id)
+    if not current.step_done(step):
+        raise _Stop(Outcome.STOPPED, f"the order is at step {current.step!r}, not {previous!r}")
+    order.step, order.tracking_number = current.step, current.tracking_number
     return False
 
 
-def _checkpoint(order: Order, locked: Order, step: Step, **fields: object) -> None:
-    """Record a finished step and renew the lease, on the locked row and the caller's copy."""
-    changes = {"step": step, "lease_expires_at": timezone.now() + settings.ORDER_LEASE_TIMEOUT, **fields}
-    for name, value in changes.items():
-        setattr(locked, name, value)
-        setattr(order, name, value)
-    locked.save(update_fields=[*changes, "updated_at"])
+_STEPS = list(Step)
+
+
+def _renew_lease(order: Order, task_id: str) -> None:
+    """Prove (and extend) the lease without finishing a step; takes the row lock inside a transaction."""
+    if not _leased(order, task_id).update(lease_expires_at=timezone.now() + settings.ORDER_LEASE_TIMEOUT):
+        _stop_unless_leased(Order.objects.get(pk=order.pk), task_id)
+        raise _Stop(Outcome.STOPPED, "the lease could not be renewed")
 
 
 def _reserve_stock(order: Order, lines: list[OrderLine], task_id: str) -> None:
     with transaction.atomic():
-        locked = _lock_for_step(order, task_id)
-        if _already_done(order, locked, Step.RESERVED):
+        if not _advance(order, task_id, Step.RESERVED):
             return
         # Lines are sorted by product id, so two reservations lock products in
         # the same order and cannot deadlock. The check constraint refuses a
         # decrement below zero: of two orders racing for the last unit, the
-        # second waits for the first to commit and then fails here.
+        # second waits for the first to commit and then fails here (and the
+        # checkpoint above is rolled back with it).
         for line in lines:
             try:
                 Product.objects.filter(pk=line.product_id).update(stock=F("stock") - line.quantity)
             except IntegrityError:
                 raise _Fail(f"Out of stock: not enough {line.product.sku} left for {line.quantity}.") from None
-        _checkpoint(order, locked, Step.RESERVED)
 
 
 def _charge_key(order: Order) -> str:
@@ -296,12 +327,13 @@ def _charge_key(order: Order) -> str:
 def _charge(order: Order, task_id: str) -> None:
     key = _charge_key(order)
     with transaction.atomic():
-        _lock_for_step(order, task_id)
+        _renew_lease(order, task_id)
         # The intent is committed before the gateway is called; once it exists
-        # the order can no longer be cancelled, and a retry reuses its key.
-        payment, _ = Payment.objects.get_or_create(
-            idempotency_key=key,
-            defaults={"order": order, "kind": Payment.Kind.CHARGE, "amount": order.total, "task_id": task_id},
+        # the order can no longer be cancelled, and a retry reuses its key. Only
+        # this step creates charge rows, under the order's row lock, so a plain
+        # read-then-insert cannot race.
+        payment = Payment.objects.filter(idempotency_key=key).first() or Payment.objects.create(
+            order=order, kind=Payment.Kind.CHARGE, amount=order.total, idempotency_key=key, task_id=task_id
         )
     if payment.status == Payment.Status.FAILED:
         raise _Fail(f"Payment declined: {payment.error}")
@@ -315,11 +347,9 @@ def _charge(order: Order, task_id: str) -> None:
             _record_payment(payment, Payment.Status.PENDING, task_id, error=str(exc))
             raise
     with transaction.atomic():
-        locked = _lock_for_step(order, task_id)
+        _advance(order, task_id, Step.CHARGED)
         if payment.status != Payment.Status.SUCCEEDED:
             _record_payment(payment, Payment.Status.SUCCEEDED, task_id, reference=result.reference)
-        if not _already_done(order, locked, Step.CHARGED):
-            _checkpoint(order, locked, Step.CHARGED)
 
 
 def _record_payment(payment: Payment, status: str, task_id: str, *, error: str = "", reference: str = "") -> None:
@@ -331,25 +361,33 @@ def _record_payment(payment: Payment, status: str, task_id: str, *, error: str =
     payment.save(update_fields=["status", "error", "provider_reference", "task_id", "attempts", "updated_at"])
 
 
-def _ship(order: Order, lines: list[OrderLine], task_id: str) -> None:
+def _book_shipment(order: Order, lines: list[OrderLine]) -> str:
+    """Book the parcel with the carrier (idempotent per order and replay); returns the tracking number."""
     try:
         result = carrier().book_shipment(
             idempotency_key=f"order:{order.pk}:ship:{order.replays}", reference=f"order:{order.pk}", parcels=len(lines)
         )
     except PermanentProviderError as exc:
         raise _Fail(f"Shipping refused: {exc}") from exc
-    with transaction.atomic():
-        locked = _lock_for_step(order, task_id)
-        if not _already_done(order, locked, Step.SHIPPED):
-            _checkpoint(order, locked, Step.SHIPPED, tracking_number=result.reference)
+    return result.reference
 
 
-def _complete(order: Order, task_id: str) -> None:
+def _complete(order: Order, task_id: str, tracking_number: str | None) -> None:
+    """Record the shipment (when just booked) and the completion, and queue the customer's email: one commit.
+
+    Nothing outside is called between the two checkpoints, so they share a
+    transaction; a crash before its commit re-books the shipment with the same
+    idempotency key, which the carrier answers with the same parcel.
+    """
     with transaction.atomic():
-        locked = _lock_for_step(order, task_id)
-        _checkpoint(order, locked, Step.NOTIFIED, status=Status.COMPLETED, lease_owner="", lease_expires_at=None)
-        # The customer's email is a row in this same transaction; it is sent after commit.
-        notification_services.notify_order_status(order.pk)
+        if tracking_number is not None:
+            _advance(order, task_id, Step.SHIPPED, tracking_number=tracking_number)
+        finished = _advance(
+            order, task_id, Step.NOTIFIED, status=Status.COMPLETED, lease_owner="", lease_expires_at=None
+        )
+        if finished:
+            # The customer's email is a row in this same transaction; it is sent after commit.
+            notification_services.notify_order_status(order.pk)
 
 
 def _compensate_and_fail(order: Order, lines: list[OrderLine], task_id: str, reason: str) -> None:
