@@ -422,6 +422,9 @@ def _send_batch(
                 _expire_if_late(notification)
                 continue
             try:
+                # Open once and keep it open: a backend that is not open yet opens
+                # and closes a connection inside every send_messages() call.
+                connection.open()
                 connection.send_messages([build_message(notification, connection)])
             except Exception as exc:  # classified below
                 if is_transient(exc):

@@ -131,6 +131,7 @@ def test_a_chunk_sends_its_range_and_the_counts_match_the_rows(smtp_server, sett
     assert spring.sent == Notification.objects.filter(campaign=spring, status="sent").count() == 30
     assert spring.status == "done"
     assert smtp_server.inbox.count() == 30
+    assert smtp_server.inbox.connections() == 1, "a chunk must send over one SMTP connection"
 
 
 def test_a_throttled_chunk_stops_and_reschedules_itself(smtp_server, settings, broker) -> None:

@@ -20,6 +20,7 @@ class Inbox:
         self.delay = delay
         self.lock = threading.Lock()
         self.messages: list[EmailMessage] = []
+        self.peers: list[object] = []  # the client's (host, port) per message: one per SMTP connection
 
     async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
         if self.delay:
@@ -27,6 +28,7 @@ class Inbox:
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)  # type: ignore[attr-defined]
         with self.lock:
             self.messages.append(message)
+            self.peers.append(session.peer)  # type: ignore[attr-defined]
         return "250 Message accepted"
 
     def to(self, address: str) -> list[EmailMessage]:
@@ -36,6 +38,11 @@ class Inbox:
     def count(self) -> int:
         with self.lock:
             return len(self.messages)
+
+    def connections(self) -> int:
+        """How many SMTP connections delivered the messages."""
+        with self.lock:
+            return len(set(self.peers))
 
 
 class SmtpServer:
