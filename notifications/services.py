@@ -48,8 +48,11 @@ Kind = Notification.Kind
 # campaign of 10,000 becomes 50 tasks instead of 10,000.
 CHUNK_SIZE = 200
 # Rows claimed (and tokens taken) at a time inside a chunk; the campaign's status
-# is re-read between batches, so a cancel stops a chunk within one batch.
-BULK_BATCH_SIZE = 25
+# is re-read between batches, so a cancel stops a chunk within one batch. Each
+# batch costs about 14 statements (status check, claim, record, progress): at 25
+# rows that was a third of a chunk's time in the campaign benchmark; at 100 it is
+# a tenth, and one batch takes well under a second to send.
+BULK_BATCH_SIZE = 100
 # Rows written per INSERT when materialising an audience.
 MATERIALISE_BATCH_SIZE = 2000
 UNSUBSCRIBE_SALT = "notifications.unsubscribe"
