@@ -93,9 +93,10 @@ def seed_orders(
         picked = [rng.sample(products, rng.randint(1, 3)) for _ in range(batch)]
         quantities = [[rng.randint(1, 4) for _ in chosen] for chosen in picked]
         orders = []
-        for chosen, amounts in zip(picked, quantities, strict=True):
+        for index, (chosen, amounts) in enumerate(zip(picked, quantities, strict=True), start=made):
             status = rng.choices(statuses, weights)[0]
-            placed = first + timedelta(seconds=rng.random() * span)
+            # In time order, as a real shop's orders are: ids grow with created_at.
+            placed = first + timedelta(seconds=span * (index + rng.random()) / count)
             orders.append(
                 Order(
                     customer_id=rng.choice(customer_ids),

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Max, Min, Sum
 from django.db.models.functions import Least, TruncDate
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
@@ -262,17 +262,25 @@ def aggregate_slice(report_id: int, start: date, end: date) -> dict:
         zone = ZoneInfo(settings.TIME_ZONE)
         lo, hi = _bounds(start, end)
         completed = Order.objects.filter(status=Order.Status.COMPLETED, created_at__gte=lo, created_at__lt=hi)
-        days = (
+        days = list(
             completed.annotate(day=TruncDate("created_at", tzinfo=zone))
             .values("day")
-            .annotate(orders=Count("pk"), revenue=Sum("total"))
+            .annotate(orders=Count("pk"), revenue=Sum("total"), first_id=Min("pk"), last_id=Max("pk"))
             .order_by()
         )
-        lines = (
-            OrderLine.objects.filter(
-                order__status=Order.Status.COMPLETED, order__created_at__gte=lo, order__created_at__lt=hi
+        lines = OrderLine.objects.filter(
+            order__status=Order.Status.COMPLETED, order__created_at__gte=lo, order__created_at__lt=hi
+        )
+        if days:
+            # Order ids grow with time, so the slice's orders lie in a narrow id range:
+            # bounding the lines by it lets PostgreSQL read the lines of this slice
+            # through the order_id index instead of scanning every line of every
+            # slice (a month in five slices read the whole table five times).
+            lines = lines.filter(
+                order_id__gte=min(row["first_id"] for row in days), order_id__lte=max(row["last_id"] for row in days)
             )
-            .annotate(day=TruncDate("order__created_at", tzinfo=zone))
+        lines = (
+            lines.annotate(day=TruncDate("order__created_at", tzinfo=zone))
             .values("day", "product_id")
             .annotate(units=Sum("quantity"), revenue=Sum(F("unit_price") * F("quantity")))
             .order_by()
