@@ -9,6 +9,9 @@ run:  ## Start web, worker and beat locally (first run installs everything)
 test:  ## Run the whole test suite against real PostgreSQL and Redis
 	bin/test
 
+bench:  ## Measure the hot paths against same-run baselines (quick mode: make bench ARGS=--quick)
+	bin/bench $(ARGS)
+
 lint:  ## Check style with ruff
 	bin/bootstrap dev
 	.venv/bin/ruff check .

@@ -18,6 +18,7 @@ urlpatterns = [
     path("health/", ops_views.health_ready, name="health"),
     path("metrics", ops_views.metrics, name="metrics"),
     path("accounts/signup/", account_views.signup, name="signup"),
+    path("api/me/", account_views.api_me, name="api-me"),
     path(
         "accounts/password_reset/",
         auth_views.PasswordResetView.as_view(form_class=OutboxPasswordResetForm),

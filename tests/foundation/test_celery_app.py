@@ -32,6 +32,7 @@ def test_it_reads_celery_settings_through_the_namespace() -> None:
     assert conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
     assert conf.timezone == settings.TIME_ZONE
     assert conf.task_default_queue == "default"
+    assert conf.worker_send_task_events is True  # Flower and `celery events` see every task
     assert [queue.name for queue in conf.task_queues] == ["high_priority", "default", "low_priority"]
 
 

@@ -52,6 +52,15 @@ def test_sign_up_rejects_bad_input_with_form_errors_and_creates_nobody(client) -
     assert not get_user_model().objects.filter(username="x").exists()
 
 
+def test_api_me_says_who_the_session_belongs_to_and_401_without_one(customer_client, customer) -> None:
+    anonymous = Client().get("/api/me/")
+    assert anonymous.status_code == 401 and "error" in anonymous.json()
+    assert customer_client.get("/api/me/").json() == {
+        "id": customer.pk, "username": customer.username, "email": customer.email, "is_staff": False,
+    }  # fmt: skip
+    assert customer_client.post("/api/me/").status_code in (403, 405)
+
+
 def test_my_orders_lists_only_my_orders(customer_client, customer) -> None:
     mine = place(customer, (product(), 1))
     theirs = place(UserFactory(), (product(), 1))

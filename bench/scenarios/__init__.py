@@ -1,0 +1,1 @@
+"""One module per measured path; each exposes run(env, quick) -> a result dict."""

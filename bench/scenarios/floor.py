@@ -1,0 +1,51 @@
+"""1. The Celery floor: a no-op task through the project's Celery settings, 2 worker processes."""
+
+from __future__ import annotations
+
+from bench.harness import flush_broker, log, median, reset_tables, running_worker, wait_until
+
+ROUND_TIMEOUT = 300
+
+
+def publish_noops(count: int) -> None:
+    from bench.tasks import noop
+    from config import celery_app
+
+    with celery_app.producer_or_acquire() as producer:
+        for _ in range(count):
+            noop.apply_async(producer=producer)
+
+
+def one_round(env: dict[str, str], count: int) -> float:
+    """Tasks per second, from the first to the last stored result."""
+    from django.db.models import Max, Min
+    from django_celery_results.models import TaskResult
+
+    reset_tables("django_celery_results.TaskResult")
+    flush_broker()
+    publish_noops(count)
+    with running_worker(env, 2, ["-I", "bench.tasks"]):
+        done = TaskResult.objects.filter(task_name="bench.noop", status="SUCCESS")
+        wait_until(lambda: done.count() >= count, ROUND_TIMEOUT, f"{count} no-op tasks", 0.2)
+    span = done.aggregate(first=Min("date_done"), last=Max("date_done"))
+    return (count - 1) / (span["last"] - span["first"]).total_seconds()
+
+
+def tasks_per_second(env: dict[str, str], count: int, rounds: int, label: str) -> list[float]:
+    rates = []
+    for index in range(rounds):
+        rates.append(one_round(env, count))
+        log(f"floor ({label}) round {index + 1}/{rounds}: {rates[-1]:.0f} tasks/s")
+    return rates
+
+
+def run(env: dict[str, str], quick: bool) -> dict:
+    count, rounds = (1000, 2) if quick else (5000, 3)
+    rates = tasks_per_second(env, count, rounds, "project settings")
+    return {
+        "name": "Celery floor",
+        "what": f"{count} no-op tasks, 2 worker processes, the project's Celery settings",
+        "unit": "tasks/s",
+        "rounds": [round(rate, 1) for rate in rates],
+        "median": round(median(rates), 1),
+    }

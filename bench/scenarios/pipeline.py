@@ -1,0 +1,117 @@
+"""2. The order pipeline: N orders placed, then processed end to end (with their emails) by 2 worker processes."""
+
+from __future__ import annotations
+
+import time
+
+from bench.harness import flush_broker, log, median, reset_tables, running_worker, smtp_sink, wait_until
+
+ROUND_TIMEOUT = 900
+CUSTOMERS = 200
+SKUS = 20
+
+
+def prepare_catalogue(orders: int) -> tuple[list[int], list[str]]:
+    """Customers with email addresses and products with stock for every order of every round."""
+    from django.contrib.auth import get_user_model
+
+    from orders.models import Product
+
+    users = get_user_model()
+    users.objects.bulk_create(
+        [users(username=f"bench{index:04d}", email=f"bench{index:04d}@example.com") for index in range(CUSTOMERS)],
+        ignore_conflicts=True,
+    )
+    Product.objects.bulk_create(
+        [
+            Product(sku=f"BENCH-{index:03d}", name=f"Bench product {index}", price="9.90", stock=0)
+            for index in range(SKUS)
+        ],
+        ignore_conflicts=True,
+    )
+    Product.objects.filter(sku__startswith="BENCH-").update(stock=orders * 10)
+    customer_ids = list(users.objects.filter(username__startswith="bench").values_list("pk", flat=True))
+    return customer_ids, [f"BENCH-{index:03d}" for index in range(SKUS)]
+
+
+def place_orders(count: int, customer_ids: list[int], skus: list[str]) -> float:
+    """Place `count` orders through the service (each enqueues its task after commit); returns orders/s."""
+    from orders import services
+
+    started = time.perf_counter()
+    for index in range(count):
+        lines = [
+            services.LineRequest(sku=skus[index % len(skus)], quantity=1),
+            services.LineRequest(sku=skus[(index + 7) % len(skus)], quantity=2),
+        ]
+        services.place_order(customer_id=customer_ids[index % len(customer_ids)], lines=lines)
+    return count / (time.perf_counter() - started)
+
+
+def one_round(env: dict[str, str], count: int, settings_module: str) -> dict:
+    from django.db.models import Max, Min, Sum
+
+    from notifications.models import Notification
+    from orders.models import Order, OrderEvent
+
+    reset_tables(
+        "orders.Order", "orders.OrderLine", "orders.OrderEvent", "orders.Payment", "orders.SandboxLedgerEntry",
+        "notifications.Notification", "django_celery_results.TaskResult",
+    )  # fmt: skip
+    flush_broker()
+    customer_ids, skus = prepare_catalogue(count)
+    placing = place_orders(count, customer_ids, skus)
+    with smtp_sink(env) as sink:
+        worker_env = {**env, "EMAIL_URL": sink.url, "DJANGO_SETTINGS_MODULE": settings_module}
+        with running_worker(worker_env, 2) as worker:
+            sent = Notification.objects.filter(status=Notification.Status.SENT)
+            wait_until(lambda: sent.count() >= count, ROUND_TIMEOUT, f"{count} orders' emails", 0.25)
+            rss = worker.peak_rss_mb()
+    completed = Order.objects.filter(status=Order.Status.COMPLETED).count()
+    if completed != count:
+        raise AssertionError(f"{completed} of {count} orders completed")
+    began = OrderEvent.objects.filter(kind=OrderEvent.Kind.ATTEMPT).aggregate(t=Min("created_at"))["t"]
+    ended = sent.aggregate(t=Max("sent_at"))["t"]
+    executions = (Order.objects.aggregate(n=Sum("attempts"))["n"] or 0) + (
+        Notification.objects.aggregate(n=Sum("attempts"))["n"] or 0
+    )
+    return {
+        "orders_per_second": count / (ended - began).total_seconds(),
+        "tasks_per_order": executions / count,
+        "placing_per_second": placing,
+        "rss": rss,
+    }
+
+
+def measure(env: dict[str, str], count: int, rounds: int, settings_module: str, label: str) -> list[dict]:
+    results = []
+    for index in range(rounds):
+        results.append(one_round(env, count, settings_module))
+        log(f"pipeline ({label}) round {index + 1}/{rounds}: {results[-1]['orders_per_second']:.1f} orders/s")
+    return results
+
+
+def run(env: dict[str, str], quick: bool, floor: float | None = None) -> dict:
+    count, rounds = (500, 1) if quick else (5000, 3)
+    ours = measure(env, count, rounds, "config.settings", "project settings")
+    stock = measure(env, count, rounds, "bench.stock_settings", "stock settings")
+    rate = median([r["orders_per_second"] for r in ours])
+    stock_rate = median([r["orders_per_second"] for r in stock])
+    tasks = median([r["tasks_per_order"] for r in ours])
+    result = {
+        "name": "Order pipeline",
+        "what": f"{count} orders placed, then processed end to end with their emails by 2 worker processes",
+        "unit": "orders/s",
+        "rounds": [round(r["orders_per_second"], 1) for r in ours],
+        "median": round(rate, 1),
+        "tasks_per_order": round(tasks, 2),
+        "placing_orders_per_second": round(median([r["placing_per_second"] for r in ours]), 1),
+        "stock_rounds": [round(r["orders_per_second"], 1) for r in stock],
+        "stock_median": round(stock_rate, 1),
+        "vs_stock": round(rate / stock_rate, 2),
+        "worker_peak_rss_mb": ours[-1]["rss"],
+    }
+    if floor:  # measured earlier in the same run
+        result["floor"] = floor
+        result["efficiency"] = round(rate * tasks / floor, 2)
+    return result
