@@ -229,8 +229,9 @@ SHIPPING_CARRIER = env_str("SHIPPING_CARRIER", "orders.sandbox.SandboxCarrier")
 PAYMENT_SANDBOX_LATENCY_MS = env_int("PAYMENT_SANDBOX_LATENCY_MS", 20, minimum=0)
 PAYMENT_SANDBOX_TRANSIENT_RATE = env_float("PAYMENT_SANDBOX_TRANSIENT_RATE", 0.0, minimum=0, maximum=1)
 PAYMENT_SANDBOX_DECLINE_RATE = env_float("PAYMENT_SANDBOX_DECLINE_RATE", 0.0, minimum=0, maximum=1)
-# How long a task's claim on an order lasts without being renewed; each step renews
-# it. Longer than any single step, so a live task never loses its order.
+# How long a task's claim on an order lasts without being renewed; a step renews it
+# once less than half is left. Longer than any single step, so a live task never
+# loses its order.
 ORDER_LEASE_TIMEOUT = env_duration("ORDER_LEASE_TIMEOUT", "2m")
 # The sweep re-sends a pending order (or an expired lease) older than this.
 ORDER_REQUEUE_AFTER = env_duration("ORDER_REQUEUE_AFTER", "2m")

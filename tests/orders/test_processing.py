@@ -308,3 +308,23 @@ def test_the_sweep_resends_old_pending_orders_and_expired_leases_once_per_thresh
     assert {m["headers"]["task"] for m in messages} == {"orders.tasks.process_order"}
     assert sorted(m["headers"]["argsrepr"] for m in messages) == sorted([f"[{pending.pk}]", f"[{expired.pk}]"])
     assert OrderEvent.objects.filter(kind="requeued").count() == 2
+
+
+def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, settings) -> None:
+    settings.ORDER_LEASE_TIMEOUT = timedelta(minutes=2)
+    order = place(customer, (product(), 1))
+    claimed = services._claim(order.pk, "task-1")
+    lines = list(claimed.lines.all())
+    first_lease = claimed.lease_expires_at
+
+    services._reserve_stock(claimed, lines, "task-1")
+    reserved = Order.objects.get(pk=order.pk)
+    assert (reserved.step, reserved.lease_expires_at) == ("reserved", first_lease)  # plenty left: untouched
+
+    nearly_gone = timezone.now() + timedelta(seconds=30)
+    Order.objects.filter(pk=order.pk).update(lease_expires_at=nearly_gone)
+    claimed.lease_expires_at = nearly_gone
+    services._charge(claimed, "task-1")
+    charged = Order.objects.get(pk=order.pk)
+    assert charged.step == "charged"
+    assert charged.lease_expires_at > timezone.now() + timedelta(seconds=90)
