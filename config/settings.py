@@ -277,6 +277,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
+    # Kombu's Redis transport, sharing one Redis client per channel (see ops/broker.py).
+    CELERY_BROKER_TRANSPORT = "ops.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Redis redelivers an unacknowledged message after this long. It must be
         # longer than any countdown/ETA and any task's run time, or a task that is

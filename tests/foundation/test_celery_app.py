@@ -111,3 +111,15 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {key: value for key, value in os.environ.items() if key not in {"CELERY_RESULT_EXPIRES"}}
+
+
+def test_a_broker_channel_shares_one_redis_client_and_replaces_it_with_its_pool(broker) -> None:
+    with celery_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert type(channel).__module__ == "ops.broker"
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.ping()
+        channel._pool = None  # what Kombu does when it reconnects
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool

@@ -1,0 +1,45 @@
+"""The benchmark's verdicts and table: a failed round is reported as such, a missed target as missed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bench import report
+from tests.support.processes import PROJECT_ROOT
+
+MEASURED = {
+    "floor": {"name": "Celery floor", "median": 200.0},
+    "pipeline": {"name": "Order pipeline", "median": 40.0, "tasks_per_order": 2.0, "floor": 200.0,
+                 "efficiency": 0.4, "stock_median": 8.0, "vs_stock": 5.0},
+    "latency": {"name": "Enqueue latency", "error": "RoundFailed: timed out after 600s waiting for gunicorn"},
+}  # fmt: skip
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    return {target.key: target.check(results)[1] for target in report.TARGETS}
+
+
+def test_a_target_is_met_or_missed_by_its_measured_value() -> None:
+    found = verdicts(MEASURED)
+    assert found["efficiency"] == "MISSED"  # 0.4 < 0.5
+    assert found["vs_stock"] == "met"  # 5 >= 4
+    assert found["p50_ratio"] == "not measured"  # the latency scenario failed
+
+
+def test_an_upper_bound_is_met_at_the_limit_and_missed_above_it() -> None:
+    assert verdicts({"reports": {"aggregation_ratio": 1.5}})["aggregation_ratio"] == "met"
+    assert verdicts({"reports": {"aggregation_ratio": 1.51}})["aggregation_ratio"] == "MISSED"
+
+
+def test_a_failed_scenario_shows_in_the_table_with_its_error() -> None:
+    rows = report.rows(MEASURED)
+    assert rows[-1][:2] == ("Enqueue latency", "FAILED")
+    assert "timed out" in rows[-1][2]
+    assert any(row[0] == "Order pipeline" and row[4] == "eff. 0.40" for row in rows)
+
+
+def test_the_command_explains_itself() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "--quick" in out.stdout and "--only" in out.stdout
