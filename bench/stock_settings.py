@@ -1,8 +1,10 @@
 """The stock configuration, as a baseline for the order pipeline (never used by the product).
 
-The project's settings, with what the benchmark issue tunes put back to Celery's
-and Django's defaults: the database connection closed around every task (no
-CELERY_DB_REUSE_MAX, CONN_MAX_AGE 0), and every task storing every state.
+The project's settings, with what the benchmark issue tunes put back to Celery's,
+Kombu's and Django's defaults: the database connection closed around every task
+(no CELERY_DB_REUSE_MAX, CONN_MAX_AGE 0), every task storing every state (no
+per-task annotations), and Kombu's own Redis transport. The product code and
+every safety setting (acks_late, prefetch 1, time limits, routing) are the same.
 """
 
 from config.settings import *  # noqa: F403
@@ -10,3 +12,5 @@ from config.settings import DATABASES
 
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 CELERY_DB_REUSE_MAX = None
+CELERY_TASK_ANNOTATIONS = None
+CELERY_BROKER_TRANSPORT = None
