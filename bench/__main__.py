@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
 
     env = harness.prepare_environment()
+    from django.db import close_old_connections
+
     from bench import report
     from bench.scenarios import beat, campaign, floor, latency, pipeline, reports
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in options.only or SCENARIOS:
         harness.log(f"--- {name} ---")
+        close_old_connections()  # a scenario that failed may have left a broken connection behind
         try:
             if name == "pipeline":
                 results[name] = pipeline.run(env, options.quick, floor=results.get("floor", {}).get("median"))

@@ -7,8 +7,11 @@ number (14) of its own, so it never touches an app's or the test suite's data.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -65,10 +68,26 @@ def bench_urls() -> tuple[str, str]:
     return database, broker
 
 
+_LOCK = Path(tempfile.gettempdir()) / "backoffice-bench.lock"
+
+
+def _one_bench_at_a_time() -> None:
+    """Two runs would drop each other's database (and share two cores); the second one stops here."""
+    import fcntl
+
+    handle = _LOCK.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"bench: another benchmark is running (lock {_LOCK}); wait for it to finish.")
+    atexit.register(handle.close)  # keeps the lock for the life of this process
+
+
 def prepare_environment() -> dict[str, str]:
     """Point this process at a fresh bench database and Redis db, migrate, and return the env for children."""
     import psycopg
 
+    _one_bench_at_a_time()
     database_url, broker_url = bench_urls()
     parts = urlsplit(database_url)
     admin = psycopg.connect(
@@ -78,17 +97,22 @@ def prepare_environment() -> dict[str, str]:
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    data_dir = tempfile.mkdtemp(prefix="backoffice-bench-")
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
     os.environ.update(
         DATABASE_URL=database_url,
         CELERY_BROKER_URL=broker_url,
         DJANGO_SETTINGS_MODULE="config.settings",
         SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-" + os.urandom(16).hex(),
-        DATA_DIR=tempfile.mkdtemp(prefix="backoffice-bench-"),
+        DATA_DIR=data_dir,
         **PRODUCT_ENV,
     )
     import django
 
     django.setup()
+    # The processes measured log as users get them (to their own files); this
+    # one, which places orders and starts rounds, only says what went wrong.
+    logging.getLogger().setLevel(logging.WARNING)
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
