@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import logging
 import smtplib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import partial
@@ -37,7 +37,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from notifications import ratelimit
 from notifications.models import Campaign, EmailPreference, Notification
-from orders.models import Order
+from orders.models import Order, OrderLine
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +133,18 @@ ORDER_KINDS = {
 }
 
 
-def notify_order_status(order_id: int) -> Notification | None:
-    """Tell the customer their order completed, failed or was cancelled (a row in the caller's transaction)."""
-    order = Order.objects.select_related("customer").get(pk=order_id)
+def notify_order_status(
+    order_id: int, *, order: Order | None = None, lines: Sequence[OrderLine] | None = None
+) -> Notification | None:
+    """Tell the customer their order completed, failed or was cancelled (a row in the caller's transaction).
+
+    A caller that holds the order row locked in this transaction, with its lines,
+    may pass them (the pipeline does); otherwise they are read here.
+    """
+    if order is None:
+        order = Order.objects.select_related("customer").get(pk=order_id)
+    elif order.pk != order_id:
+        raise ValueError(f"the order passed is {order.pk}, not {order_id}")
     if order.status not in ORDER_KINDS:
         raise ValueError(f"order {order_id} is {order.status}; only final orders are notified")
     if not order.customer.email:
@@ -144,7 +153,7 @@ def notify_order_status(order_id: int) -> Notification | None:
     kind, subject = ORDER_KINDS[order.status]
     context = {
         "order": order,
-        "lines": order.lines.select_related("product"),
+        "lines": order.lines.select_related("product") if lines is None else lines,
         "customer": order.customer,
         "order_url": settings.SITE_URL + reverse("orders:detail", args=[order.pk]),
     }

@@ -220,7 +220,7 @@ def _run_steps(order: Order, lines: list[OrderLine], task_id: str) -> None:
     if not order.step_done(Step.CHARGED):
         _charge(order, task_id)
     tracking_number = None if order.step_done(Step.SHIPPED) else _book_shipment(order, lines)
-    _complete(order, task_id, tracking_number)
+    _complete(order, lines, task_id, tracking_number)
 
 
 def _claim(order_id: int, task_id: str) -> Order | None:
@@ -240,7 +240,7 @@ def _claim(order_id: int, task_id: str) -> Order | None:
         if not claimed:
             logger.info("order %s not claimed by task %s: final, missing, or leased to another task", order_id, task_id)
             return None
-        order = Order.objects.get(pk=order_id)
+        order = Order.objects.select_related("customer").get(pk=order_id)  # the customer is emailed at the end
         OrderEvent.objects.create(
             order=order, kind=OrderEvent.Kind.ATTEMPT, task_id=task_id, message=f"attempt {order.attempts}"
         )
@@ -388,7 +388,7 @@ def _book_shipment(order: Order, lines: list[OrderLine]) -> str:
     return result.reference
 
 
-def _complete(order: Order, task_id: str, tracking_number: str | None) -> None:
+def _complete(order: Order, lines: list[OrderLine], task_id: str, tracking_number: str | None) -> None:
     """Record the shipment (when just booked) and the completion, and queue the customer's email: one commit.
 
     Nothing outside is called between the two checkpoints, so they share a
@@ -402,8 +402,10 @@ def _complete(order: Order, task_id: str, tracking_number: str | None) -> None:
             order, task_id, Step.NOTIFIED, status=Status.COMPLETED, lease_owner="", lease_expires_at=None
         )
         if finished:
-            # The customer's email is a row in this same transaction; it is sent after commit.
-            notification_services.notify_order_status(order.pk)
+            # The customer's email is a row in this same transaction; it is sent
+            # after commit. The order row is locked by the UPDATE above, so the
+            # copy in hand is what is committed.
+            notification_services.notify_order_status(order.pk, order=order, lines=lines)
 
 
 def _compensate_and_fail(order: Order, lines: list[OrderLine], task_id: str, reason: str) -> None:
@@ -429,7 +431,7 @@ def _compensate_and_fail(order: Order, lines: list[OrderLine], task_id: str, rea
         locked.lease_expires_at = None
         locked.save(update_fields=["status", "failure_reason", "lease_owner", "lease_expires_at", "updated_at"])
         OrderEvent.objects.create(order=order, kind=OrderEvent.Kind.FAILED, task_id=task_id, message=reason)
-        notification_services.notify_order_status(order.pk)
+        notification_services.notify_order_status(order.pk, order=order, lines=lines)
     logger.warning("order %s failed (task %s): %s", order.pk, task_id, reason)
 
 
