@@ -35,7 +35,7 @@ from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from notifications import ratelimit
+from notifications import mailer, ratelimit
 from notifications.models import Campaign, EmailPreference, Notification
 from orders.models import Order, OrderLine
 
@@ -259,8 +259,7 @@ def send_notification(notification_id: int, *, task_id: str, last_attempt: bool 
     # No re-read after the claim: it changes only status and lease fields, and
     # the message's content (what build_message reads) never changes.
     try:
-        with get_connection() as connection:
-            connection.send_messages([build_message(notification)])
+        mailer.send(build_message(notification))
     except Exception as exc:  # classified just below; anything unknown is a permanent failure
         error = describe_smtp_error(exc)
         if is_transient(exc) and not last_attempt:

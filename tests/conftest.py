@@ -166,6 +166,7 @@ def browser(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def smtp_server(settings):
     """A real SMTP server; this process's email settings point at it (workers get it through env)."""
+    from notifications import mailer
     from tests.support.smtp import SmtpServer
 
     with SmtpServer() as server:
@@ -174,3 +175,4 @@ def smtp_server(settings):
         settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
         settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
         yield server
+        mailer.close()  # this process's kept connection (notifications.mailer) goes with its server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -150,6 +151,42 @@ def test_smtp_errors_are_transient_only_for_network_trouble_and_4xx_replies() ->
     assert not services.is_transient(smtplib.SMTPRecipientsRefused({"x@example.com": (550, b"no such user")}))
     assert not services.is_transient(smtplib.SMTPDataError(554, b"rejected"))
     assert services.is_transient(smtplib.SMTPServerDisconnected("gone"))
+
+
+def test_emails_sent_one_by_one_share_the_process_s_smtp_connection(smtp_server) -> None:
+    rows = [transactional(key=f"k-{i}") for i in range(3)]
+    for row in rows:
+        assert services.send_notification(row.pk, task_id=f"send-{row.pk}") == services.Outcome.SENT
+    assert smtp_server.inbox.count() == 3
+    assert smtp_server.inbox.connections() == 1
+
+
+def test_a_session_the_server_ended_while_idle_is_replaced_before_the_next_email(settings) -> None:
+    from notifications import mailer
+    from tests.support.smtp import SmtpServer
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    with SmtpServer(session_timeout=0.3) as server:
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
+        first, second = transactional(key="k-1"), transactional(key="k-2")
+        assert services.send_notification(first.pk, task_id="send-1") == services.Outcome.SENT
+        time.sleep(1)  # the server says "421 timeout" and hangs up, as Postfix does after 300 s
+        assert services.send_notification(second.pk, task_id="send-2") == services.Outcome.SENT
+        assert (server.inbox.count(), server.inbox.connections()) == (2, 2)
+        mailer.close()
+
+
+def test_changed_email_settings_take_the_next_email_to_the_new_server(smtp_server, settings) -> None:
+    from notifications import mailer
+    from tests.support.smtp import SmtpServer
+
+    first, second = transactional(key="k-1"), transactional(key="k-2")
+    assert services.send_notification(first.pk, task_id="send-1") == services.Outcome.SENT
+    with SmtpServer() as other:
+        settings.EMAIL_PORT = other.port
+        assert services.send_notification(second.pk, task_id="send-2") == services.Outcome.SENT
+        assert (smtp_server.inbox.count(), other.inbox.count()) == (1, 1)
+        mailer.close()
 
 
 def test_resend_and_cancel_queued_only_touch_the_right_rows() -> None:

@@ -46,9 +46,10 @@ class Inbox:
 
 
 class SmtpServer:
-    def __init__(self, port: int | None = None, delay: float = 0.0) -> None:
+    def __init__(self, port: int | None = None, delay: float = 0.0, session_timeout: float = 300) -> None:
         self.port = port or free_port()
         self.inbox = Inbox(delay)
+        self.session_timeout = session_timeout  # idle seconds before the server says 421 and hangs up
         self.controller: Controller | None = None
 
     @property
@@ -56,7 +57,7 @@ class SmtpServer:
         return f"smtp://127.0.0.1:{self.port}"
 
     def start(self) -> SmtpServer:
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, timeout=self.session_timeout)
         self.controller.start()
         return self
 
