@@ -75,7 +75,17 @@ class CampaignAdmin(admin.ModelAdmin):
     actions = ("start_selected", "cancel_selected")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> tuple[str, ...]:
-        counts = ("status", "total", "sent", "failed", "error", "started_at", "finished_at", "launch_task")
+        counts = (
+            "status",
+            "total",
+            "sent",
+            "failed",
+            "error",
+            "started_at",
+            "launched_at",
+            "finished_at",
+            "launch_task",
+        )
         if obj is not None and obj.status != Campaign.Status.DRAFT:
             return ("name", "subject", "body", "audience", "ordered_since", *counts)  # sent campaigns are history
         return counts

@@ -37,6 +37,9 @@ class Campaign(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    launched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When every recipient's message was written; the campaign can finish after."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -540,10 +540,11 @@ def launch_campaign(campaign_id: int, *, task_id: str) -> int:
 
 
 def _launch(campaign: Campaign) -> int:
-    from celery import group
+    """Write the rows batch by batch, sending each batch's chunks as soon as it is written.
 
-    from notifications.tasks import send_campaign_chunk
-
+    Streaming the fan-out lets the other worker processes send while the rest of
+    the audience is still being written, instead of waiting for all of it.
+    """
     campaign_id = campaign.pk
     subject, body = Template(campaign.subject), Template(campaign.body)
     users = (
@@ -552,18 +553,38 @@ def _launch(campaign: Campaign) -> int:
         .order_by("pk")
         .iterator(chunk_size=MATERIALISE_BATCH_SIZE)
     )
+    rows = Notification.objects.filter(campaign=campaign)
+    chunks, fanned_out_to = 0, 0  # chunks are out for this campaign's queued rows with ids up to fanned_out_to
     for batch in _batched(users, MATERIALISE_BATCH_SIZE):
         Notification.objects.bulk_create(
             [_campaign_message(campaign, user, subject, body) for user in batch],
             ignore_conflicts=True,  # a re-run of launch writes nothing twice
         )
-    rows = Notification.objects.filter(campaign=campaign)
-    Campaign.objects.filter(pk=campaign_id).update(total=rows.count())
-    chunks = list(_id_ranges(rows.filter(status=Status.QUEUED)))
-    group(send_campaign_chunk.s(campaign_id, first, last) for first, last in chunks).apply_async()
-    logger.info("campaign %s launched: %s chunks", campaign_id, len(chunks))
+        # Checked after the rows are committed: a cancel that came first is seen
+        # here, and one that comes later cancels these rows with the rest.
+        if not Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).exists():
+            rows.filter(status=Status.QUEUED).update(status=Status.CANCELLED, updated_at=timezone.now())
+            logger.info("campaign %s stopped while launching: it is no longer sending", campaign_id)
+            return chunks
+        ranges = _fan_out(campaign_id, rows.filter(status=Status.QUEUED, pk__gt=fanned_out_to))
+        if ranges:
+            chunks, fanned_out_to = chunks + len(ranges), ranges[-1][1]
+    Campaign.objects.filter(pk=campaign_id).update(total=rows.count(), launched_at=timezone.now())
+    logger.info("campaign %s launched: %s chunks", campaign_id, chunks)
     finish_campaign_if_done(campaign_id)
-    return len(chunks)
+    return chunks
+
+
+def _fan_out(campaign_id: int, rows: QuerySet[Notification]) -> list[tuple[int, int]]:
+    """Send one group of chunk tasks covering `rows`; returns the chunks' (first id, last id) ranges."""
+    from celery import group
+
+    from notifications.tasks import send_campaign_chunk
+
+    ranges = list(_id_ranges(rows))
+    if ranges:
+        group(send_campaign_chunk.s(campaign_id, first, last) for first, last in ranges).apply_async()
+    return ranges
 
 
 def _campaign_message(campaign: Campaign, user: object, subject: Template, body: Template) -> Notification:
@@ -632,12 +653,11 @@ def send_digest_chunk(
 
 
 def finish_campaign_if_done(campaign_id: int) -> bool:
-    """Mark a sending campaign done once none of its rows is queued or being sent."""
+    """Mark a sending campaign done once it is launched and none of its rows is queued or being sent."""
     unfinished = Notification.objects.filter(campaign_id=campaign_id, status__in=[Status.QUEUED, Status.SENDING])
     done = (
-        Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING)
+        Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING, launched_at__isnull=False)
         .exclude(Exists(unfinished))
-        .filter(Exists(Notification.objects.filter(campaign_id=campaign_id)))
         .update(status=Campaign.Status.DONE, finished_at=timezone.now())
     )
     if done:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -274,3 +276,84 @@ def test_a_campaign_whose_launch_breaks_is_marked_failed_with_the_error(broker) 
     spring.refresh_from_db()
     assert spring.status == "failed"
     assert "no_such_library" in spring.error
+
+
+def queued_chunks(broker) -> list[tuple[int, int]]:
+    """The (first id, last id) of every send_campaign_chunk message waiting in Redis."""
+    ranges = []
+    for raw in broker.lrange("low_priority", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == "notifications.tasks.send_campaign_chunk":
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            ranges.append((args[1], args[2]))
+    return sorted(ranges)
+
+
+def test_launching_sends_each_batch_s_chunks_as_it_is_written_covering_every_row_once(broker, monkeypatch) -> None:
+    monkeypatch.setattr(services, "MATERIALISE_BATCH_SIZE", 3)
+    for _ in range(7):
+        UserFactory()
+    spring = campaign()
+    services.start_campaign(spring.pk)
+
+    # Batches of 3, 3 and 1 rows, each sent as its own chunk once written (one chunk
+    # holds up to CHUNK_SIZE rows, so writing everything first would make one).
+    assert services.launch_campaign(spring.pk, task_id="launch-1") == 3
+
+    ids = sorted(Notification.objects.filter(campaign=spring).values_list("pk", flat=True))
+    ranges = queued_chunks(broker)
+    covered = [pk for first, last in ranges for pk in ids if first <= pk <= last]
+    assert covered == ids  # every row in exactly one chunk
+    spring.refresh_from_db()
+    assert (spring.total, spring.status) == (7, "sending") and spring.launched_at is not None
+
+
+def test_a_campaign_is_not_done_before_its_launch_has_written_every_row(smtp_server, settings) -> None:
+    settings.EMAIL_RATE_LIMIT = None
+    UserFactory()
+    spring = campaign()
+    services.start_campaign(spring.pk)
+    services.launch_campaign(spring.pk, task_id="launch-1")
+    row = Notification.objects.get(campaign=spring)
+    Campaign.objects.filter(pk=spring.pk).update(launched_at=None)  # as if later batches were still being written
+
+    services.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
+    spring.refresh_from_db()
+    assert (spring.status, spring.sent) == ("sending", 1)
+
+    Campaign.objects.filter(pk=spring.pk).update(launched_at=timezone.now())
+    assert services.finish_campaign_if_done(spring.pk)
+
+
+def test_a_cancel_during_the_launch_stops_it_and_leaves_no_queued_row(broker, monkeypatch) -> None:
+    monkeypatch.setattr(services, "MATERIALISE_BATCH_SIZE", 2)
+    users = [UserFactory() for _ in range(5)]
+    spring = campaign()
+    services.start_campaign(spring.pk)
+    render = services._campaign_message
+
+    def staff_cancel_while_the_second_batch_is_written(campaign: Campaign, user: object, *args: object) -> object:
+        if user.pk == users[2].pk:
+            services.cancel_campaign(campaign.pk)
+        return render(campaign, user, *args)
+
+    monkeypatch.setattr(services, "_campaign_message", staff_cancel_while_the_second_batch_is_written)
+    services.launch_campaign(spring.pk, task_id="launch-1")
+
+    rows = Notification.objects.filter(campaign=spring)
+    assert rows.count() == 4  # the third batch was never written
+    assert not rows.filter(status="queued").exists()
+    assert len(queued_chunks(broker)) == 1  # only the first batch's chunk went out
+    spring.refresh_from_db()
+    assert spring.status == "cancelled" and spring.launched_at is None
+
+
+def test_a_launch_whose_audience_emptied_since_the_start_finishes_with_nothing_to_send(broker) -> None:
+    customer = UserFactory()
+    spring = campaign()
+    services.start_campaign(spring.pk)
+    EmailPreference.objects.create(user=customer, unsubscribed_at=timezone.now())
+
+    assert services.launch_campaign(spring.pk, task_id="launch-1") == 0
+    spring.refresh_from_db()
+    assert (spring.status, spring.total) == ("done", 0)
