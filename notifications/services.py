@@ -13,6 +13,7 @@ import enum
 import hashlib
 import itertools
 import logging
+import secrets
 import smtplib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.message import SafeMIMEMultipart
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
@@ -326,11 +328,31 @@ def _hold_for_retry(ids: list[int], task_id: str, retry_in: int, error: str) -> 
     logger.warning("notifications %s: task %s will retry in %ss: %s", ids, task_id, retry_in, error)
 
 
+class OutboxEmail(EmailMultiAlternatives):
+    """Django's text+HTML email, with its MIME boundary chosen up front instead of by the email package.
+
+    The email package makes a random boundary for each message and compiles a new
+    regular expression to scan the text for it: 7% of a campaign chunk's time,
+    and every new pattern pushes another out of `re`'s cache. This boundary is
+    random too; "=_" never occurs in quoted-printable or base64 text, so only the
+    raw bodies are checked, with a substring test, and the package's own way is
+    kept in the (astronomically unlikely) case of a hit.
+    """
+
+    def message(self) -> SafeMIMEMultipart:
+        message = super().message()
+        boundary = f"=_{secrets.token_hex(12)}"
+        bodies = (self.body, *(content for content, _ in self.alternatives))
+        if message.is_multipart() and not any(boundary in str(body) for body in bodies):
+            message.set_boundary(boundary)
+        return message
+
+
 def build_message(notification: Notification, connection: BaseEmailBackend | None = None) -> EmailMultiAlternatives:
     domain = settings.DEFAULT_FROM_EMAIL.rsplit("@", 1)[-1].rstrip(">") or "localhost"
     # Stable per row: if a crash makes us send twice, mail systems can tell it is one message.
     headers = {**notification.headers, "Message-ID": f"<notification-{notification.pk}@{domain}>"}
-    message = EmailMultiAlternatives(
+    message = OutboxEmail(
         subject=notification.subject, body=notification.body_text, to=[notification.recipient],
         headers=headers, connection=connection,
     )  # fmt: skip
@@ -596,13 +618,14 @@ def _campaign_message(campaign: Campaign, user: object, subject: Template, body:
         subject=subject.render(context)[:255],
         body_text=render_to_string("notifications/email/campaign.txt", {"text": text, "unsubscribe_url": unsubscribe}),
         body_html=render_to_string("notifications/email/campaign.html", {"text": text, "unsubscribe_url": unsubscribe}),
-        headers=_marketing_headers(user.pk), dedup_key=f"campaign:{campaign.pk}:user:{user.pk}",
+        headers=_marketing_headers(unsubscribe), dedup_key=f"campaign:{campaign.pk}:user:{user.pk}",
     )  # fmt: skip
 
 
-def _marketing_headers(user_id: int) -> dict[str, str]:
+def _marketing_headers(unsubscribe: str) -> dict[str, str]:
+    """The headers for the user's unsubscribe link (signed once per message: a third of a launch's time went on it)."""
     # RFC 8058 one-click: mail clients POST "List-Unsubscribe=One-Click" to the link.
-    return {"List-Unsubscribe": f"<{unsubscribe_url(user_id)}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    return {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -723,9 +746,10 @@ def send_weekly_digest(*, today: date | None = None) -> int:
     for batch in _batched(per_customer, 500):
         messages = []
         for customer, customer_orders in batch:
+            unsubscribe = unsubscribe_url(customer.pk)
             context = {
                 "customer": customer, "orders": customer_orders, "monday": monday, "sunday": sunday,
-                "week": label, "unsubscribe_url": unsubscribe_url(customer.pk), "orders_url": settings.SITE_URL + "/orders/",
+                "week": label, "unsubscribe_url": unsubscribe, "orders_url": settings.SITE_URL + "/orders/",
             }  # fmt: skip
             messages.append(
                 Notification(
@@ -735,7 +759,7 @@ def send_weekly_digest(*, today: date | None = None) -> int:
                     subject=f"Your orders in week {week} ({monday:%d %b} to {sunday:%d %b})",
                     body_text=render_to_string("notifications/email/digest.txt", context),
                     body_html=render_to_string("notifications/email/digest.html", context),
-                    headers=_marketing_headers(customer.pk),
+                    headers=_marketing_headers(unsubscribe),
                     dedup_key=f"digest:{label}:user:{customer.pk}",
                 )
             )
