@@ -34,17 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report
     from bench.scenarios import beat, campaign, floor, latency, pipeline, reports
 
-    modules = {"floor": floor, "latency": latency, "campaign": campaign, "reports": reports, "beat": beat}
+    modules = {
+        "floor": floor, "pipeline": pipeline, "latency": latency, "campaign": campaign, "reports": reports, "beat": beat,
+    }  # fmt: skip
     results: dict[str, dict] = {}
     failed = False
     for name in options.only or SCENARIOS:
         harness.log(f"--- {name} ---")
         close_old_connections()  # a scenario that failed may have left a broken connection behind
         try:
-            if name == "pipeline":
-                results[name] = pipeline.run(env, options.quick, floor=results.get("floor", {}).get("median"))
-            else:
-                results[name] = modules[name].run(env, options.quick)
+            results[name] = modules[name].run(env, options.quick)
         except Exception as exc:  # a failed or timed-out round is reported, never hidden
             failed = True
             traceback.print_exc()

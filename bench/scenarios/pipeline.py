@@ -83,35 +83,46 @@ def one_round(env: dict[str, str], count: int, settings_module: str) -> dict:
     }
 
 
-def measure(env: dict[str, str], count: int, rounds: int, settings_module: str, label: str) -> list[dict]:
-    results = []
+def run(env: dict[str, str], quick: bool) -> dict:
+    """Rounds of floor, project and stock pipeline, side by side; every ratio is taken within one round.
+
+    The machine is shared: a neighbour that slows it for ten minutes would skew a
+    ratio between figures taken ten minutes apart. Each round measures the floor,
+    the project's pipeline and the stock configuration's one after another, and
+    the reported ratios are the medians of the per-round ratios.
+    """
+    from bench.scenarios import floor
+
+    count, rounds, floor_count = (500, 1, 1000) if quick else (5000, 3, 5000)
+    floors: list[float] = []
+    ours: list[dict] = []
+    stock: list[dict] = []
     for index in range(rounds):
-        results.append(one_round(env, count, settings_module))
-        log(f"pipeline ({label}) round {index + 1}/{rounds}: {results[-1]['orders_per_second']:.1f} orders/s")
-    return results
-
-
-def run(env: dict[str, str], quick: bool, floor: float | None = None) -> dict:
-    count, rounds = (500, 1) if quick else (5000, 3)
-    ours = measure(env, count, rounds, "config.settings", "project settings")
-    stock = measure(env, count, rounds, "bench.stock_settings", "stock settings")
-    rate = median([r["orders_per_second"] for r in ours])
-    stock_rate = median([r["orders_per_second"] for r in stock])
-    tasks = median([r["tasks_per_order"] for r in ours])
-    result = {
+        floors.append(floor.one_round(env, floor_count))
+        ours.append(one_round(env, count, "config.settings"))
+        stock.append(one_round(env, count, "bench.stock_settings"))
+        log(
+            f"pipeline round {index + 1}/{rounds}: floor {floors[-1]:.0f} tasks/s, "
+            f"project {ours[-1]['orders_per_second']:.1f} orders/s (T {ours[-1]['tasks_per_order']:.2f}), "
+            f"stock {stock[-1]['orders_per_second']:.1f} orders/s"
+        )
+    efficiencies = [r["orders_per_second"] * r["tasks_per_order"] / f for r, f in zip(ours, floors, strict=True)]
+    vs_stock = [r["orders_per_second"] / s["orders_per_second"] for r, s in zip(ours, stock, strict=True)]
+    return {
         "name": "Order pipeline",
         "what": f"{count} orders placed, then processed end to end with their emails by 2 worker processes",
         "unit": "orders/s",
         "rounds": [round(r["orders_per_second"], 1) for r in ours],
-        "median": round(rate, 1),
-        "tasks_per_order": round(tasks, 2),
+        "median": round(median([r["orders_per_second"] for r in ours]), 1),
+        "tasks_per_order": round(median([r["tasks_per_order"] for r in ours]), 2),
         "placing_orders_per_second": round(median([r["placing_per_second"] for r in ours]), 1),
+        "floor_rounds": [round(rate, 1) for rate in floors],
+        "floor": round(median(floors), 1),
+        "efficiency_rounds": [round(value, 3) for value in efficiencies],
+        "efficiency": round(median(efficiencies), 2),
         "stock_rounds": [round(r["orders_per_second"], 1) for r in stock],
-        "stock_median": round(stock_rate, 1),
-        "vs_stock": round(rate / stock_rate, 2),
+        "stock_median": round(median([r["orders_per_second"] for r in stock]), 1),
+        "vs_stock_rounds": [round(value, 2) for value in vs_stock],
+        "vs_stock": round(median(vs_stock), 2),
         "worker_peak_rss_mb": ours[-1]["rss"],
     }
-    if floor:  # measured earlier in the same run
-        result["floor"] = floor
-        result["efficiency"] = round(rate * tasks / floor, 2)
-    return result
