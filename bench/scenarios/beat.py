@@ -71,7 +71,7 @@ def measure(guarded: bool) -> dict:
 
 
 def run(env: dict[str, str], quick: bool) -> dict:
-    count, rounds = (1000, 2) if quick else (10_000, 3)
+    count, rounds = (1000, 1) if quick else (10_000, 3)
     prepare(count)
     stock, ours = [], []
     for index in range(rounds):

@@ -40,7 +40,7 @@ def tasks_per_second(env: dict[str, str], count: int, rounds: int, label: str) -
 
 
 def run(env: dict[str, str], quick: bool) -> dict:
-    count, rounds = (1000, 2) if quick else (5000, 3)
+    count, rounds = (1000, 1) if quick else (5000, 3)
     rates = tasks_per_second(env, count, rounds, "project settings")
     return {
         "name": "Celery floor",

@@ -93,7 +93,7 @@ def run(env: dict[str, str], quick: bool) -> dict:
     """
     from bench.scenarios import floor
 
-    count, rounds, floor_count = (500, 1, 1000) if quick else (5000, 3, 5000)
+    count, rounds, floor_count = (300, 1, 1000) if quick else (5000, 3, 5000)
     floors: list[float] = []
     ours: list[dict] = []
     stock: list[dict] = []
