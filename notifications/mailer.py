@@ -20,23 +20,25 @@ Backends other than SMTP (console locally, locmem in tests) keep nothing.
 from __future__ import annotations
 
 import contextlib
-import select
 import smtplib
 import threading
 
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
+from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
+
+from ops.sockets import is_quiet
 
 _local = threading.local()
 
 
 def send(message: EmailMessage) -> None:
     """Send one message over this process's kept connection (or the configured non-SMTP backend)."""
-    connection = _kept_connection()
-    if connection is None:
-        with get_connection() as backend:
-            backend.send_messages([message])
+    connection, kept = _connection()
+    if not kept:
+        with connection:
+            connection.send_messages([message])
         return
     try:
         connection.send_messages([message])
@@ -65,31 +67,22 @@ def _settings_key() -> tuple:
     )  # fmt: skip
 
 
-def _kept_connection() -> SMTPBackend | None:
+def _connection() -> tuple[BaseEmailBackend, bool]:
+    """The kept SMTP connection (opened if need be) and True; or a fresh non-SMTP backend and False."""
     key = _settings_key()
-    connection = getattr(_local, "connection", None)
-    if connection is not None and (_local.key != key or not _still_open(connection)):
-        close()
-        connection = None
-    if connection is None:
-        backend = get_connection()
-        if not isinstance(backend, SMTPBackend):
-            return None
-        backend.open()  # raises on a refused connection, like a send would
-        _local.connection, _local.key = backend, key
-        connection = backend
-    return connection
+    kept = getattr(_local, "connection", None)
+    if kept is not None and _local.key == key and _still_open(kept):
+        return kept, True
+    close()
+    backend = get_connection()
+    if not isinstance(backend, SMTPBackend):
+        return backend, False
+    backend.open()  # raises on a refused connection, like a send would
+    _local.connection, _local.key = backend, key
+    return backend, True
 
 
 def _still_open(connection: SMTPBackend) -> bool:
-    """True while the session is open and the server has sent nothing unasked (no 421, no close); no I/O is done."""
-    smtp = connection.connection
-    sock = getattr(smtp, "sock", None)
-    if sock is None:
-        return False
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
-        return not poller.poll(0)
-    except (OSError, ValueError):
-        return False
+    """True while the SMTP session is open and the server has sent nothing unasked (no 421, no hang-up)."""
+    sock = getattr(connection.connection, "sock", None)  # smtplib drops its socket when the session ends
+    return sock is not None and is_quiet(sock)

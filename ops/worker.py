@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import select
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ from django.db import close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ops.catalog import subject_ref
+from ops.sockets import is_quiet
 
 logger = logging.getLogger("ops.tasks")
 _started: dict[str, float] = {}
@@ -45,11 +45,10 @@ def _server_said_nothing(connection: BaseDatabaseWrapper) -> bool:
     if connection.vendor != "postgresql" or connection.errors_occurred:
         return False
     try:
-        poller = select.poll()
-        poller.register(connection.connection.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
-        return not poller.poll(0)
-    except (OSError, ValueError, AttributeError, psycopg.Error):
+        sock = connection.connection.pgconn.socket
+    except (AttributeError, psycopg.Error):
         return False
+    return is_quiet(sock)
 
 
 @signals.task_prerun.connect(dispatch_uid="ops.worker.start_clock")

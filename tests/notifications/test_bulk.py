@@ -17,6 +17,7 @@ from notifications.models import Campaign, EmailPreference, Notification
 from orders.models import Order
 from tests.factories import UserFactory
 from tests.orders.helpers import place, product
+from tests.support.broker import messages_in
 from tests.support.smtp import body_text
 
 pytestmark = pytest.mark.django_db
@@ -281,8 +282,7 @@ def test_a_campaign_whose_launch_breaks_is_marked_failed_with_the_error(broker) 
 def queued_chunks(broker) -> list[tuple[int, int]]:
     """The (first id, last id) of every send_campaign_chunk message waiting in Redis."""
     ranges = []
-    for raw in broker.lrange("low_priority", 0, -1):
-        message = json.loads(raw)
+    for message in messages_in(broker, "low_priority"):
         if message["headers"]["task"] == "notifications.tasks.send_campaign_chunk":
             args = json.loads(base64.b64decode(message["body"]))[0]
             ranges.append((args[1], args[2]))
