@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
+from django.db import transaction
 from django.test import Client
 
+from orders import services
 from orders.models import Order, OrderLine
 from tests.factories import ProductFactory, UserFactory
 from tests.orders.helpers import place, product
@@ -181,3 +184,46 @@ def test_cancel_answers_200_then_409_with_the_reason(customer_client, customer) 
 def test_wrong_methods_get_405_as_json(customer_client) -> None:
     assert customer_client.get("/api/orders/").status_code == 405
     assert customer_client.delete("/api/orders/1/").status_code == 405
+
+
+def test_a_placed_order_and_its_lines_are_saved_as_the_models_describe_them(customer) -> None:
+    mug, pot = product(stock=5, price="12.50"), product(stock=5, price="3.20")
+
+    placed = place(customer, (mug, 2), (pot, 1), key="k-1")
+
+    saved = Order.objects.get()
+    assert placed.pk == saved.pk and not placed._state.adding
+    for field in Order._meta.concrete_fields:
+        assert getattr(placed, field.attname) == getattr(saved, field.attname), field.name
+    assert (saved.status, saved.step, saved.total, saved.idempotency_key) == (
+        "pending",
+        "",
+        25 + Decimal("3.20"),
+        "k-1",
+    )
+    lines = saved.lines.order_by("product_id").values_list("product_id", "quantity", "unit_price")
+    assert sorted(lines) == sorted([(mug.pk, 2, mug.price), (pot.pk, 1, pot.price)])
+
+
+def test_a_lost_idempotency_race_answers_with_the_other_order_and_leaves_the_transaction_usable(
+    customer, monkeypatch
+) -> None:
+    mug = product(stock=5)
+    first = place(customer, (mug, 1), key="raced")
+    real_lookup = services._order_for_key
+    lookups = []
+
+    def lookup_before_the_other_commit(*args: object) -> Order | None:
+        # The first lookup runs before the other request's commit, so it finds nothing.
+        lookups.append(args)
+        return None if len(lookups) == 1 else real_lookup(*args)
+
+    monkeypatch.setattr(services, "_order_for_key", lookup_before_the_other_commit)
+    with transaction.atomic():
+        placed = services.place_order(
+            customer_id=customer.pk, lines=[services.LineRequest(sku=mug.sku, quantity=1)], idempotency_key="raced"
+        )
+        assert (placed.order.pk, placed.created) == (first.pk, False)
+        assert Order.objects.count() == 1  # the caller's transaction still works
+    assert len(lookups) == 2
+    assert OrderLine.objects.count() == 1
