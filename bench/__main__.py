@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT}).")
     options = parser.parse_args(argv)
 
+    harness.exit_on_sigterm()
     env = harness.prepare_environment()
     from django.db import close_old_connections
 

@@ -83,6 +83,20 @@ def _one_bench_at_a_time() -> None:
     atexit.register(handle.close)  # keeps the lock for the life of this process
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the `with` blocks stop the workers, servers and sinks they started.
+
+    They run in sessions of their own (a Ctrl-C in the terminal must not reach
+    a worker mid-round), so nothing else would stop them when the bench is killed.
+    """
+
+    def leave(signum: int, _frame: object) -> None:
+        log(f"signal {signum}: stopping the processes this run started")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 def prepare_environment() -> dict[str, str]:
     """Point this process at a fresh bench database and Redis db, migrate, and return the env for children."""
     import psycopg
