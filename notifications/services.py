@@ -15,6 +15,7 @@ import itertools
 import logging
 import secrets
 import smtplib
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -551,6 +552,9 @@ def launch_campaign(campaign_id: int, *, task_id: str) -> int:
     if campaign.status != Campaign.Status.SENDING:
         logger.info("campaign %s is %s; not launching", campaign_id, campaign.status)
         return 0
+    if campaign.launched_at is not None:  # a second launch message (redelivered, or sent by the sweep)
+        logger.info("campaign %s was launched at %s; not launching again", campaign_id, campaign.launched_at)
+        return 0
     Campaign.objects.filter(pk=campaign_id).update(task_id=task_id)
     try:
         return _launch(campaign)
@@ -865,10 +869,15 @@ CLEANUP_BATCH_SIZE = 5000
 
 
 def requeue_stale_notifications() -> int:
-    """Re-send rows that were queued but never picked up (e.g. the broker was down), or whose lease expired."""
+    """Re-send rows that were queued but never picked up (e.g. the broker was down), or whose lease expired.
+
+    Also re-sends the launch of campaigns that were started but never launched.
+    Returns how many rows and campaigns it re-sent.
+    """
     from notifications.tasks import send_campaign_chunk, send_digest_chunk
 
     now = timezone.now()
+    relaunched = _relaunch_stalled_campaigns(now)
     # Late rows are expired here: their task would be dropped by the broker (Celery expires) unrun.
     expired = Notification.objects.filter(_claimable(now), expires_at__lte=now).update(
         status=Status.EXPIRED, last_error="Expired before it could be sent.", updated_at=now
@@ -883,7 +892,7 @@ def requeue_stale_notifications() -> int:
         .values("pk", "kind", "campaign_id", "expires_at")[:SWEEP_BATCH_SIZE]
     )
     if not rows:
-        return 0
+        return relaunched
     Notification.objects.filter(pk__in=[row["pk"] for row in rows]).update(requeued_at=now)
     for row in rows:
         if row["kind"] not in Notification.BULK_KINDS:
@@ -898,7 +907,35 @@ def requeue_stale_notifications() -> int:
             else:
                 send_digest_chunk.delay(batch[0], batch[-1])
     logger.info("stale sweep re-sent %s notifications", len(rows))
-    return len(rows)
+    return relaunched + len(rows)
+
+
+def _relaunch_stalled_campaigns(now: datetime) -> int:
+    """Send launch_campaign again for campaigns started but never launched (the broker was down at the start).
+
+    Stalled means: sending, no launch has begun (a launch records its task id
+    first thing), and started longer than NOTIFICATION_REQUEUE_AFTER ago. The new
+    task's id is recorded once it is sent, so later sweeps leave the campaign to
+    it. Should the first message turn up after all, the two launches write no row
+    twice (ignore_conflicts), chunks claim their rows, and whichever starts after
+    the other finished stops at launched_at.
+    """
+    from notifications.tasks import launch_campaign
+
+    stalled = Campaign.objects.filter(
+        status=Campaign.Status.SENDING,
+        launched_at__isnull=True,
+        task_id="",
+        started_at__lt=now - settings.NOTIFICATION_REQUEUE_AFTER,
+    )
+    relaunched = 0
+    for campaign_id in stalled.values_list("pk", flat=True):
+        task_id = str(uuid.uuid4())
+        launch_campaign.apply_async((campaign_id,), task_id=task_id)
+        Campaign.objects.filter(pk=campaign_id, task_id="").update(task_id=task_id)
+        logger.warning("stale sweep re-sent the launch of campaign %s (task %s)", campaign_id, task_id)
+        relaunched += 1
+    return relaunched
 
 
 def cleanup_notifications() -> int:

@@ -17,7 +17,7 @@ from notifications.models import Campaign, EmailPreference, Notification
 from orders.models import Order
 from tests.factories import UserFactory
 from tests.orders.helpers import place, product
-from tests.support.broker import messages_in
+from tests.support.broker import messages_in, queue_keys
 from tests.support.smtp import body_text
 
 pytestmark = pytest.mark.django_db
@@ -357,3 +357,31 @@ def test_a_launch_whose_audience_emptied_since_the_start_finishes_with_nothing_t
     assert services.launch_campaign(spring.pk, task_id="launch-1") == 0
     spring.refresh_from_db()
     assert (spring.status, spring.total) == ("done", 0)
+
+
+def test_the_sweep_relaunches_a_campaign_whose_launch_message_never_arrived(broker, settings) -> None:
+    UserFactory.create_batch(2)
+    stalled, recent = campaign(name="Stalled"), campaign(name="Recent")
+    # In this test's transaction the launch that start_campaign sends after the commit never goes out.
+    services.start_campaign(stalled.pk)
+    services.start_campaign(recent.pk)
+    settings.NOTIFICATION_REQUEUE_AFTER = timedelta(minutes=5)
+    Campaign.objects.filter(pk=stalled.pk).update(started_at=timezone.now() - timedelta(minutes=6))
+
+    assert services.requeue_stale_notifications() == 1
+    assert services.requeue_stale_notifications() == 0  # the next sweep leaves it to the launch it sent
+
+    [message] = messages_in(broker, "low_priority")
+    assert message["headers"]["task"] == "notifications.tasks.launch_campaign"
+    assert json.loads(message["headers"]["argsrepr"]) == [stalled.pk]
+    stalled.refresh_from_db()
+    assert stalled.task_id == message["headers"]["id"]
+    assert Campaign.objects.get(pk=recent.pk).task_id == ""  # started a moment ago: its launch may still come
+
+    services.launch_campaign(stalled.pk, task_id=stalled.task_id)
+    assert Notification.objects.filter(campaign=stalled).count() == 2
+    broker.delete(*queue_keys("low_priority"))
+    # Should the original message turn up after all, it stops: the campaign is launched.
+    assert services.launch_campaign(stalled.pk, task_id="the-original-launch") == 0
+    assert Notification.objects.filter(campaign=stalled).count() == 2
+    assert messages_in(broker, "low_priority") == []

@@ -19,7 +19,8 @@ from orders.models import Order
 from tests.factories import StaffFactory, UserFactory
 from tests.notifications.helpers import make_customers, transactional
 from tests.orders.helpers import place, product
-from tests.support.processes import free_port, wait_for
+from tests.support.processes import WorkerProcess, free_port, wait_for
+from tests.support.servers import HttpSession, RedisServer, WebProcess
 from tests.support.smtp import SmtpServer, body_text
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -252,3 +253,46 @@ def test_unsubscribed_customers_get_order_emails_but_no_campaign_or_digest(start
     time.sleep(1)
     assert kinds(subscribed) == ["Spring news", "digest", "order"]
     assert kinds(unsubscribed) == ["order"]
+
+
+def test_a_campaign_started_while_the_broker_is_down_is_sent_by_the_sweep_once_it_is_back(
+    web_env: dict[str, str], smtp_server
+) -> None:
+    make_customers(3, prefix="outage")
+    spring = Campaign.objects.create(name="Spring", subject="Spring", body="Hello {{ username }}")
+    staff = Client()
+    staff.force_login(StaffFactory())
+
+    with RedisServer() as broker:
+        env = {
+            **web_env, **FAST, "CELERY_BROKER_URL": broker.url, "EMAIL_URL": smtp_server.url,
+            "NOTIFICATION_REQUEUE_AFTER": "1s",
+        }  # fmt: skip
+        with WebProcess(env) as web, WorkerProcess(env, concurrency=1) as worker:
+            web.wait_ready()
+            worker.wait_started()
+            broker.stop()
+
+            response = HttpSession(web.base_url, staff.cookies["sessionid"].value).request(
+                "POST", f"/admin/notifications/campaign/{spring.pk}/start/"
+            )
+
+            assert response.status == 200, response.body  # the campaign's page, after the redirect
+            spring.refresh_from_db()
+            assert (spring.status, spring.task_id) == ("sending", "")
+            assert f"broker unavailable, campaign {spring.pk} launches with the stale sweep" in web.output()
+
+            broker.start()  # an empty broker: the launch message never made it
+            with celery_app.connection_for_write(broker.url) as connection:
+
+                def swept_and_sent() -> bool:
+                    celery_app.send_task("notifications.tasks.requeue_stale_notifications", connection=connection)
+                    time.sleep(1)
+                    spring.refresh_from_db()
+                    return spring.status == "done"
+
+                wait_for(swept_and_sent, 90, 0, "the sweep to launch the campaign once the broker is back")
+
+    assert (spring.total, spring.sent) == (3, 3)
+    for index in range(3):
+        assert len(smtp_server.inbox.to(f"outage{index}@example.com")) == 1
