@@ -30,7 +30,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import SafeMIMEMultipart
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.template import Context, Template, TemplateSyntaxError
 from django.template.loader import render_to_string
@@ -40,6 +40,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from notifications import mailer, ratelimit
 from notifications.models import Campaign, EmailPreference, Notification
+from ops import inserts
 from orders.models import Order, OrderLine
 
 logger = logging.getLogger(__name__)
@@ -115,16 +116,11 @@ def queue_email(
         "body_html": body_html, "user_id": user_id, "headers": headers or {}, "expires_at": expires_at,
         "subject_object": subject_object,
     }  # fmt: skip
-    try:
-        # Insert first and look only on a conflict: a new message (the usual case)
-        # costs one INSERT in a savepoint instead of a SELECT before it.
-        with transaction.atomic():
-            notification = Notification.objects.create(dedup_key=dedup_key, **fields)
-    except IntegrityError:
-        existing = Notification.objects.filter(dedup_key=dedup_key).first()
-        if existing is None:
-            raise  # another constraint failed, not the dedup key
-        return existing
+    notification = Notification(dedup_key=dedup_key, **fields)
+    # Insert first and look only on a conflict: a new message (the usual case)
+    # is one INSERT ... ON CONFLICT DO NOTHING, without a SELECT or a savepoint.
+    if not inserts.insert_unless_exists(notification, "dedup_key"):
+        return Notification.objects.get(dedup_key=dedup_key)
     transaction.on_commit(partial(enqueue_send, notification.pk, expires=expires_at), robust=True)
     return notification
 

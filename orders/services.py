@@ -29,11 +29,12 @@ from functools import partial
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Field, Model, Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from notifications import services as notification_services
+from ops import inserts
 from orders.models import Order, OrderEvent, OrderLine, Payment, Product
 from orders.providers import PermanentProviderError, TransientProviderError, carrier, payment_gateway
 
@@ -133,47 +134,36 @@ def place_order(*, customer_id: int, lines: Sequence[LineRequest], idempotency_k
 
 
 def _insert_order(order: Order, lines: list[OrderLine]) -> None:
-    """Save a new order and its lines with one statement: a data-modifying CTE.
+    """Save a new order and its lines with one statement: a data-modifying CTE (see ops.inserts).
 
     Placing an order is the hot path of POST /api/orders/. Saved the usual way it
-    is BEGIN, INSERT order, INSERT lines, COMMIT: three round trips after the
-    BEGIN and two ORM compilations. One statement is atomic by itself (it is its
-    own transaction outside atomic(), and joins the caller's inside one), so
-    this is one round trip. The columns and values come from the models' fields
-    (defaults and auto_now included), so a new field needs no change here.
+    is BEGIN, INSERT order, INSERT lines, COMMIT: four round trips and two ORM
+    compilations. One statement is atomic by itself (outside a transaction it
+    needs no BEGIN or COMMIT), so this is one round trip.
     """
-    order_fields = [field for field in Order._meta.concrete_fields if not field.primary_key]
-    line_fields = [field for field in OrderLine._meta.concrete_fields if not field.primary_key]
-    order_fk = OrderLine._meta.get_field("order")
-    line_fields.remove(order_fk)
+    order_fields = inserts.fields_of(Order)
+    line_fields = inserts.fields_of(OrderLine, without=("order",))
     quote = connection.ops.quote_name
-
-    def values(instance: Model, fields: list[Field]) -> list[object]:
-        return [field.get_db_prep_save(field.pre_save(instance, add=True), connection) for field in fields]
-
-    def columns(fields: list[Field]) -> str:
-        return ", ".join(quote(field.column) for field in fields)
-
-    order_row = ", ".join(["%s"] * len(order_fields))
-    line_row = ", ".join(["(SELECT * FROM new_order)"] + ["%s"] * len(line_fields))
-    # Only quoted names from the models go into the text; every value is a parameter.
+    line_row = "(SELECT * FROM new_order), " + inserts.placeholders(len(line_fields))  # noqa: S608
+    order_fk = quote(OrderLine._meta.get_field("order").column)
     sql = (
         "WITH new_order AS ("  # noqa: S608
-        f"INSERT INTO {quote(Order._meta.db_table)} ({columns(order_fields)}) VALUES ({order_row}) "
-        f"RETURNING {quote(Order._meta.pk.column)}) "
-        f"INSERT INTO {quote(OrderLine._meta.db_table)} ({quote(order_fk.column)}, {columns(line_fields)}) "
+        f"INSERT INTO {quote(Order._meta.db_table)} ({inserts.columns(order_fields)}) "
+        f"VALUES ({inserts.placeholders(len(order_fields))}) RETURNING {quote(Order._meta.pk.column)}) "
+        f"INSERT INTO {quote(OrderLine._meta.db_table)} ({order_fk}, {inserts.columns(line_fields)}) "
         f"VALUES {', '.join([f'({line_row})'] * len(lines))} "
-        f"RETURNING {quote(OrderLine._meta.pk.column)}, {quote(order_fk.column)}"
+        f"RETURNING {quote(OrderLine._meta.pk.column)}, {order_fk}"
     )
-    params = values(order, order_fields) + [value for line in lines for value in values(line, line_fields)]
+    params = inserts.values_of(order, order_fields)
+    for line in lines:
+        params += inserts.values_of(line, line_fields)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    order.pk = rows[0][1]
-    order._state.adding, order._state.db = False, connection.alias
+    inserts.mark_saved(order, rows[0][1])
     for line, (line_id, order_id) in zip(lines, rows, strict=True):
-        line.pk, line.order_id = line_id, order_id
-        line._state.adding, line._state.db = False, connection.alias
+        line.order_id = order_id
+        inserts.mark_saved(line, line_id)
 
 
 def _validate_lines(lines: Sequence[LineRequest]) -> dict[str, Product]:
@@ -317,16 +307,18 @@ def _leased(order: Order, task_id: str) -> QuerySet[Order]:
 # Only when it matches nothing is the row read, to find out why.
 
 
-def _advance(order: Order, task_id: str, step: Step, **fields: object) -> bool:
+def _advance(order: Order, task_id: str, step: Step, *, after: Step | None = None, **fields: object) -> bool:
     """Record `step` as finished and renew the lease, while the order is ours and at the step before.
 
-    False when a duplicate delivery of this task finished the step meanwhile (the
-    caller then skips the step's side effects). Raises _Stop when the order was
-    cancelled or its lease went to another task.
+    `after` is that step before when it is not the previous one: the steps in
+    between were done in the same transaction. False when a duplicate delivery of
+    this task finished the step meanwhile (the caller then skips the step's side
+    effects). Raises _Stop when the order was cancelled or its lease went to
+    another task.
     """
     now = timezone.now()
     changes = {"step": step, "updated_at": now, **_lease_renewal(order, now), **fields}
-    previous = _STEPS[_STEPS.index(step) - 1]
+    previous = after or _STEPS[_STEPS.index(step) - 1]
     if _leased(order, task_id).filter(step=previous).update(**changes):
         for name, value in changes.items():
             setattr(order, name, value)
@@ -436,16 +428,17 @@ def _book_shipment(order: Order, lines: list[OrderLine]) -> str:
 def _complete(order: Order, lines: list[OrderLine], task_id: str, tracking_number: str | None) -> None:
     """Record the shipment (when just booked) and the completion, and queue the customer's email: one commit.
 
-    Nothing outside is called between the two checkpoints, so they share a
-    transaction; a crash before its commit re-books the shipment with the same
-    idempotency key, which the carrier answers with the same parcel.
+    Nothing outside is called between the two checkpoints, so they are one
+    UPDATE (charged -> notified, with the tracking number); a crash before its
+    commit re-books the shipment with the same idempotency key, which the
+    carrier answers with the same parcel.
     """
+    fields: dict[str, object] = {"status": Status.COMPLETED, "lease_owner": "", "lease_expires_at": None}
+    after = None
+    if tracking_number is not None:
+        fields["tracking_number"], after = tracking_number, Step.CHARGED
     with transaction.atomic():
-        if tracking_number is not None:
-            _advance(order, task_id, Step.SHIPPED, tracking_number=tracking_number)
-        finished = _advance(
-            order, task_id, Step.NOTIFIED, status=Status.COMPLETED, lease_owner="", lease_expires_at=None
-        )
+        finished = _advance(order, task_id, Step.NOTIFIED, after=after, **fields)
         if finished:
             # The customer's email is a row in this same transaction; it is sent
             # after commit. The order row is locked by the UPDATE above, so the
