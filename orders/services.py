@@ -318,7 +318,7 @@ def _advance(order: Order, task_id: str, step: Step, *, after: Step | None = Non
     """
     now = timezone.now()
     changes = {"step": step, "updated_at": now, **_lease_renewal(order, now), **fields}
-    previous = after or _STEPS[_STEPS.index(step) - 1]
+    previous = _STEPS[_STEPS.index(step) - 1] if after is None else after
     if _leased(order, task_id).filter(step=previous).update(**changes):
         for name, value in changes.items():
             setattr(order, name, value)
