@@ -14,7 +14,6 @@ real provider's adapter in production.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -24,9 +23,9 @@ import time
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from ops import inserts
 from orders.models import SandboxFault, SandboxLedgerEntry
 from orders.providers import PermanentProviderError, ProviderResult, TransientProviderError
 
@@ -69,16 +68,10 @@ def _crash_if(fault: str | None) -> None:
 
 def _record(kind: str, idempotency_key: str, reference: str, amount: Decimal, **extra: object) -> SandboxLedgerEntry:
     """Write a ledger entry once per idempotency key; a repeat returns the first entry."""
-    # Insert first, read only on a conflict: the usual new charge is one INSERT.
-    # In a caller's transaction the attempt gets a savepoint, so a conflict does
-    # not break that transaction; outside one no transaction is needed at all.
-    in_transaction = transaction.get_connection().in_atomic_block
-    try:
-        with transaction.atomic() if in_transaction else contextlib.nullcontext():
-            entry = SandboxLedgerEntry.objects.create(
-                kind=kind, idempotency_key=idempotency_key, reference=reference, amount=amount, **extra
-            )
-    except IntegrityError:  # the key was used before (a retry), or by a concurrent call that won the insert
+    entry = SandboxLedgerEntry(kind=kind, idempotency_key=idempotency_key, reference=reference, amount=amount, **extra)
+    # Insert first, read only on a conflict: the usual new charge is one statement.
+    # A conflict is a retry, or a concurrent call that won the insert.
+    if not inserts.insert_unless_exists(entry, "idempotency_key"):
         entry = SandboxLedgerEntry.objects.get(idempotency_key=idempotency_key)
     if entry.kind != kind or entry.amount != amount:
         raise PermanentProviderError(f"idempotency key {idempotency_key} was used for a different request")
