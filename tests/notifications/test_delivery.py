@@ -19,6 +19,7 @@ from orders.models import Order
 from tests.factories import StaffFactory, UserFactory
 from tests.notifications.helpers import make_customers, transactional
 from tests.orders.helpers import place, product
+from tests.support.broker import sweep_until
 from tests.support.processes import WorkerProcess, free_port, wait_for
 from tests.support.servers import HttpSession, RedisServer, WebProcess
 from tests.support.smtp import SmtpServer, body_text
@@ -283,15 +284,10 @@ def test_a_campaign_started_while_the_broker_is_down_is_sent_by_the_sweep_once_i
             assert f"broker unavailable, campaign {spring.pk} launches with the stale sweep" in web.output()
 
             broker.start()  # an empty broker: the launch message never made it
-            with celery_app.connection_for_write(broker.url) as connection:
-
-                def swept_and_sent() -> bool:
-                    celery_app.send_task("notifications.tasks.requeue_stale_notifications", connection=connection)
-                    time.sleep(1)
-                    spring.refresh_from_db()
-                    return spring.status == "done"
-
-                wait_for(swept_and_sent, 90, 0, "the sweep to launch the campaign once the broker is back")
+            sweep_until(
+                broker.url, "notifications.tasks.requeue_stale_notifications", spring, "done",
+                "the sweep to launch the campaign once the broker is back",
+            )  # fmt: skip
 
     assert (spring.total, spring.sent) == (3, 3)
     for index in range(3):

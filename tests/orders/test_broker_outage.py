@@ -7,10 +7,10 @@ import time
 import pytest
 from django.test import Client
 
-from config import celery_app
 from orders.models import Order
 from tests.orders.helpers import ledger, product, stock_of
-from tests.support.processes import WorkerProcess, wait_for
+from tests.support.broker import sweep_until
+from tests.support.processes import WorkerProcess
 from tests.support.servers import HttpSession, RedisServer, WebProcess
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -43,15 +43,10 @@ def test_an_order_placed_while_the_broker_is_down_is_saved_pending_and_completed
             assert f"broker unavailable, order {order.pk} stays pending" in web.output()
 
             broker.start()  # an empty broker: the message never made it
-            with celery_app.connection_for_write(broker.url) as connection:
-
-                def swept_and_completed() -> bool:
-                    celery_app.send_task("orders.tasks.check_pending_orders", connection=connection)
-                    time.sleep(1)
-                    order.refresh_from_db()
-                    return order.status == "completed"
-
-                wait_for(swept_and_completed, 90, 0, "the sweep to send the order once the broker is back")
+            sweep_until(
+                broker.url, "orders.tasks.check_pending_orders", order, "completed",
+                "the sweep to send the order once the broker is back",
+            )  # fmt: skip
 
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 4

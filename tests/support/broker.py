@@ -1,10 +1,14 @@
-"""Reading the real Redis broker's queues in tests."""
+"""The real Redis broker in tests: reading its queues, and sweeping after an outage."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import redis
+from django.db.models import Model
+
+from tests.support.processes import wait_for
 
 # Kombu's Redis transport keeps a message with priority N in a list of its own:
 # "<queue>\x06\x16<step>" for the steps 3, 6 and 9.
@@ -19,3 +23,22 @@ def queue_keys(queue: str) -> list[str]:
 def messages_in(client: redis.Redis, queue: str) -> list[dict]:
     """Every message waiting in a queue, whatever its priority, decoded."""
     return [json.loads(raw) for key in queue_keys(queue) for raw in client.lrange(key, 0, -1)]
+
+
+def sweep_until(broker_url: str, task_name: str, row: Model, status: str, what: str, timeout: float = 90) -> None:
+    """Send the sweep `task_name` through the broker at `broker_url` once a second until `row` reaches `status`.
+
+    For the tests where the broker was down: what was lost is recovered by a
+    sweep that beat would run, sent here directly to the restarted broker.
+    """
+    from config import celery_app
+
+    with celery_app.connection_for_write(broker_url) as connection:
+
+        def swept_and_reached() -> bool:
+            celery_app.send_task(task_name, connection=connection)
+            time.sleep(1)
+            row.refresh_from_db()
+            return row.status == status
+
+        wait_for(swept_and_reached, timeout, 0, what)
