@@ -18,6 +18,7 @@ commit waits for the disk, and that, more than queries, is what an order costs.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, Field, Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -101,72 +102,110 @@ class PlacedOrder:
 
 def place_order(*, customer_id: int, lines: Sequence[LineRequest], idempotency_key: str | None = None) -> PlacedOrder:
     """Validate and save an order with its lines in one statement; enqueue processing after the commit."""
-    products = _validate_lines(lines)
+    if not _well_formed(lines):
+        _validate_lines(lines)  # raises, with a message for every line that is wrong
     fingerprint = hashlib.sha256(repr(sorted((line.sku, line.quantity) for line in lines)).encode()).hexdigest()
     if idempotency_key:
         existing = _order_for_key(customer_id, idempotency_key, fingerprint)
         if existing is not None:
             return PlacedOrder(existing, created=False)
-    total = sum((products[line.sku].price * line.quantity for line in lines), Decimal("0.00"))
-    order = Order(
-        customer_id=customer_id, total=total, idempotency_key=idempotency_key or None, request_fingerprint=fingerprint
-    )
-    order_lines = [
-        OrderLine(product=products[line.sku], quantity=line.quantity, unit_price=products[line.sku].price)
-        for line in lines
-    ]
+    order = Order(customer_id=customer_id, idempotency_key=idempotency_key or None, request_fingerprint=fingerprint)
     # Inside a caller's transaction the insert gets a savepoint, so a lost
     # idempotency race below leaves that transaction usable.
     try:
         with transaction.atomic() if connection.in_atomic_block else nullcontext():
-            _insert_order(order, order_lines)
+            saved = _insert_order(order, lines)
+            if not saved:
+                # A SKU is unknown or short of stock; nothing was written. Look
+                # the products up to say which, then try once more in case the
+                # stock came back in between.
+                _validate_lines(lines)
+                saved = _insert_order(order, lines)
     except IntegrityError:
         # Two requests with the same key raced; the other one's order is the answer.
         existing = _order_for_key(customer_id, idempotency_key, fingerprint) if idempotency_key else None
         if existing is None:
             raise
         return PlacedOrder(existing, created=False)
+    if not saved:
+        raise OrderRejected({"lines": ["The catalogue changed while the order was placed; please try again."]})
     # After the commit (at once outside a transaction). robust: a failing callback
     # is logged, never turned into a 500 after the order was saved.
     transaction.on_commit(partial(enqueue_processing, order.pk), robust=True)
-    logger.info("order %s placed by customer %s, total %s", order.pk, customer_id, total)
+    logger.info("order %s placed by customer %s, total %s", order.pk, customer_id, order.total)
     return PlacedOrder(order, created=True)
 
 
-def _insert_order(order: Order, lines: list[OrderLine]) -> None:
-    """Save a new order and its lines with one statement: a data-modifying CTE (see ops.inserts).
+def _insert_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]:
+    """Check the lines against the catalogue and save the order with them, in one statement; [] if a line failed.
 
-    Placing an order is the hot path of POST /api/orders/. Saved the usual way it
-    is BEGIN, INSERT order, INSERT lines, COMMIT: four round trips and two ORM
-    compilations. One statement is atomic by itself (outside a transaction it
-    needs no BEGIN or COMMIT), so this is one round trip.
+    Placing an order is the hot path of POST /api/orders/. Done the usual way it
+    is a SELECT of the products, then BEGIN, INSERT order, INSERT lines, COMMIT.
+    Here a data-modifying CTE (see ops.inserts) joins the requested lines to the
+    products with enough stock, prices them, and inserts the order and its lines
+    only when every line matched. One statement is atomic by itself (outside a
+    transaction it needs no BEGIN or COMMIT), so this is one round trip. The
+    stock is read, not reserved: the pipeline reserves it.
     """
-    order_fields = inserts.fields_of(Order)
-    line_fields = inserts.fields_of(OrderLine, without=("order",))
-    quote = connection.ops.quote_name
-    line_row = "(SELECT * FROM new_order), " + inserts.placeholders(len(line_fields))  # noqa: S608
-    order_fk = quote(OrderLine._meta.get_field("order").column)
-    sql = (
-        "WITH new_order AS ("  # noqa: S608
-        f"INSERT INTO {quote(Order._meta.db_table)} ({inserts.columns(order_fields)}) "
-        f"VALUES ({inserts.placeholders(len(order_fields))}) RETURNING {quote(Order._meta.pk.column)}) "
-        f"INSERT INTO {quote(OrderLine._meta.db_table)} ({order_fk}, {inserts.columns(line_fields)}) "
-        f"VALUES {', '.join([f'({line_row})'] * len(lines))} "
-        f"RETURNING {quote(OrderLine._meta.pk.column)}, {order_fk}"
-    )
-    params = inserts.values_of(order, order_fields)
-    for line in lines:
-        params += inserts.values_of(line, line_fields)
+    sql, order_fields = _insert_order_sql(len(lines))
+    params: list[object] = []
+    for position, line in enumerate(lines):
+        params += [position, line.sku, line.quantity]
+    params += inserts.values_of(order, order_fields)
+    params.append(len(lines))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    inserts.mark_saved(order, rows[0][1])
-    for line, (line_id, order_id) in zip(lines, rows, strict=True):
-        line.order_id = order_id
+    if not rows:
+        return []
+    order_lines = []
+    for line_id, order_id, product_id, quantity, unit_price in rows:
+        line = OrderLine(order_id=order_id, product_id=product_id, quantity=quantity, unit_price=unit_price)
         inserts.mark_saved(line, line_id)
+        order_lines.append(line)
+    order.total = sum((line.unit_price * line.quantity for line in order_lines), Decimal("0.00"))
+    inserts.mark_saved(order, rows[0][1])
+    return order_lines
+
+
+@functools.cache
+def _insert_order_sql(line_count: int) -> tuple[str, list[Field]]:
+    """The statement of _insert_order for this many lines, and the order fields its parameters fill."""
+    quote = connection.ops.quote_name
+    product = {name: quote(Product._meta.get_field(name).column) for name in ("sku", "stock", "price")}
+    order_fields = inserts.fields_of(Order, without=("total",))
+    line_columns = [quote(OrderLine._meta.get_field(name).column) for name in ("order", "product", "quantity")]
+    line_columns.append(quote(OrderLine._meta.get_field("unit_price").column))
+    values = ", ".join(["(%s::integer, %s, %s::integer)"] * line_count)
+    sql = (
+        f"WITH wanted (position, sku, quantity) AS (VALUES {values}), "  # noqa: S608
+        f"priced AS (SELECT wanted.position, product.{quote(Product._meta.pk.column)} AS product_id, "
+        f"wanted.quantity, product.{product['price']} AS price "
+        f"FROM wanted JOIN {quote(Product._meta.db_table)} product ON product.{product['sku']} = wanted.sku "
+        f"AND product.{product['stock']} >= wanted.quantity), "
+        f"new_order AS (INSERT INTO {quote(Order._meta.db_table)} "
+        f"({inserts.columns(order_fields)}, {quote(Order._meta.get_field('total').column)}) "
+        f"SELECT {inserts.placeholders(len(order_fields))}, (SELECT sum(price * quantity) FROM priced) "
+        f"WHERE (SELECT count(*) FROM priced) = %s RETURNING {quote(Order._meta.pk.column)}) "
+        f"INSERT INTO {quote(OrderLine._meta.db_table)} ({', '.join(line_columns)}) "
+        f"SELECT new_order.{quote(Order._meta.pk.column)}, priced.product_id, priced.quantity, priced.price "
+        f"FROM new_order, priced ORDER BY priced.position "
+        f"RETURNING {quote(OrderLine._meta.pk.column)}, {', '.join(line_columns)}"
+    )
+    return sql, order_fields
+
+
+def _well_formed(lines: Sequence[LineRequest]) -> bool:
+    """The checks of _validate_lines that need no products: line count, quantities, no SKU twice."""
+    return (
+        0 < len(lines) <= settings.ORDER_MAX_LINES
+        and len({line.sku for line in lines}) == len(lines)
+        and all(1 <= line.quantity <= settings.ORDER_MAX_QUANTITY for line in lines)
+    )
 
 
 def _validate_lines(lines: Sequence[LineRequest]) -> dict[str, Product]:
+    """Raise OrderRejected with a message per wrong field; the products by SKU when all is well."""
     errors: dict[str, list[str]] = {}
     if not lines:
         raise OrderRejected({"lines": ["An order needs at least one line."]})

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.test import Client
 
 from orders import services
-from orders.models import Order, OrderLine
+from orders.models import Order, OrderLine, Product
 from tests.factories import ProductFactory, UserFactory
 from tests.orders.helpers import place, product
 
@@ -227,3 +227,61 @@ def test_a_lost_idempotency_race_answers_with_the_other_order_and_leaves_the_tra
         assert Order.objects.count() == 1  # the caller's transaction still works
     assert len(lookups) == 2
     assert OrderLine.objects.count() == 1
+
+
+def test_every_wrong_line_is_reported_at_once_and_nothing_is_saved(customer_client) -> None:
+    ProductFactory(sku="MUG", stock=5)
+    ProductFactory(sku="POT", stock=1)
+
+    body = {"lines": [{"sku": "POT", "quantity": 1}, {"sku": "NOPE", "quantity": 1}, {"sku": "MUG", "quantity": 6}]}
+    response = post_order(customer_client, body)
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {
+        "lines.1.sku": ["Unknown SKU 'NOPE'."],
+        "lines.2.quantity": ["Only 5 of MUG in stock."],
+    }
+    assert Order.objects.count() == OrderLine.objects.count() == 0
+
+
+def test_a_line_for_exactly_the_stock_left_is_accepted(customer) -> None:
+    mug = product(stock=3, price="2.00")
+
+    order = place(customer, (mug, 3))
+
+    assert Order.objects.get().total == order.total == Decimal("6.00")
+    assert OrderLine.objects.get().quantity == 3
+
+
+def test_stock_that_comes_back_while_an_order_is_refused_lets_the_retry_place_it(customer, monkeypatch) -> None:
+    mug = product(stock=1)
+    real_validate = services._validate_lines
+
+    def restock_then_validate(lines: object) -> object:
+        Product.objects.filter(pk=mug.pk).update(stock=5)  # another request's cancel, say
+        return real_validate(lines)
+
+    monkeypatch.setattr(services, "_validate_lines", restock_then_validate)
+    placed = services.place_order(customer_id=customer.pk, lines=[services.LineRequest(sku=mug.sku, quantity=2)])
+
+    assert placed.created and Order.objects.get().pk == placed.order.pk
+    assert OrderLine.objects.get().quantity == 2
+
+
+def test_stock_that_comes_and_goes_while_an_order_is_refused_asks_to_try_again(customer, monkeypatch) -> None:
+    mug = product(stock=1)
+    real_validate = services._validate_lines
+
+    def restock_validate_then_sell_out(lines: object) -> object:
+        Product.objects.filter(pk=mug.pk).update(stock=5)
+        try:
+            return real_validate(lines)
+        finally:
+            Product.objects.filter(pk=mug.pk).update(stock=0)
+
+    monkeypatch.setattr(services, "_validate_lines", restock_validate_then_sell_out)
+    with pytest.raises(services.OrderRejected) as rejected:
+        services.place_order(customer_id=customer.pk, lines=[services.LineRequest(sku=mug.sku, quantity=2)])
+
+    assert rejected.value.errors == {"lines": ["The catalogue changed while the order was placed; please try again."]}
+    assert Order.objects.count() == OrderLine.objects.count() == 0
