@@ -328,3 +328,29 @@ def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, sett
     charged = Order.objects.get(pk=order.pk)
     assert charged.step == "charged"
     assert charged.lease_expires_at > timezone.now() + timedelta(seconds=90)
+
+
+def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_its_customer(
+    customer, django_assert_num_queries
+) -> None:
+    order = place(customer, (product(), 1))
+
+    with django_assert_num_queries(1):
+        claimed = services._claim(order.pk, "task-1")
+        assert claimed.customer.email == customer.email  # loaded with the claim, no query of its own
+
+    saved = Order.objects.get(pk=order.pk)
+    for field in Order._meta.concrete_fields:
+        assert getattr(claimed, field.attname) == getattr(saved, field.attname), field.name
+    assert (saved.status, saved.lease_owner, saved.attempts) == ("processing", "task-1", 1)
+    assert not claimed._state.adding
+    events = list(OrderEvent.objects.filter(order=order).values_list("kind", "task_id", "message"))
+    assert events == [("attempt", "task-1", "attempt 1")]
+
+    assert services._claim(order.pk, "task-2") is None  # leased to task-1
+    assert OrderEvent.objects.filter(order=order).count() == 1
+
+    Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    again = services._claim(order.pk, "task-2")
+    assert (again.lease_owner, again.attempts) == ("task-2", 2)
+    assert OrderEvent.objects.filter(order=order).latest("id").message == "attempt 2"
