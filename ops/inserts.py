@@ -12,6 +12,8 @@ parameter.
 
 from __future__ import annotations
 
+import functools
+
 from django.db import connection
 from django.db.models import Field, Model
 
@@ -41,24 +43,35 @@ def mark_saved(instance: Model, pk: object) -> None:
     instance._state.adding, instance._state.db = False, connection.alias
 
 
-def insert_unless_exists(instance: Model, unique_field: str) -> bool:
+def insert_unless_exists(instance: Model, unique_field: str, *, guard: tuple[str, list[object]] = ("", [])) -> bool:
     """INSERT the new `instance` unless a row with the same `unique_field` exists: one statement, no savepoint.
 
     True when it was inserted (its pk is then set). False when the value was
-    taken, by an earlier row or by a concurrent transaction that committed first.
+    taken, by an earlier row or by a concurrent transaction that committed first,
+    or when `guard` selected nothing. `guard` is the SQL and parameters of a
+    FROM ... WHERE clause (with FOR UPDATE to lock the rows it finds): the row is
+    inserted only if that finds a row, so a condition on another table is checked
+    and locked by the same statement.
     """
-    model = type(instance)
-    fields = fields_of(model)
-    quote = connection.ops.quote_name
-    sql = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({columns(fields)}) VALUES ({placeholders(len(fields))}) "  # noqa: S608
-        f"ON CONFLICT ({quote(model._meta.get_field(unique_field).column)}) DO NOTHING "
-        f"RETURNING {quote(model._meta.pk.column)}"
-    )
+    fields = fields_of(type(instance))
+    guard_sql, guard_params = guard
     with connection.cursor() as cursor:
-        cursor.execute(sql, values_of(instance, fields))
+        cursor.execute(
+            _insert_sql(type(instance), unique_field, guard_sql), [*values_of(instance, fields), *guard_params]
+        )
         row = cursor.fetchone()
     if row is None:
         return False
     mark_saved(instance, row[0])
     return True
+
+
+@functools.cache
+def _insert_sql(model: type[Model], unique_field: str, guard_sql: str) -> str:
+    fields = fields_of(model)
+    quote = connection.ops.quote_name
+    return (
+        f"INSERT INTO {quote(model._meta.db_table)} ({columns(fields)}) SELECT {placeholders(len(fields))} {guard_sql} "
+        f"ON CONFLICT ({quote(model._meta.get_field(unique_field).column)}) DO NOTHING "
+        f"RETURNING {quote(model._meta.pk.column)}"
+    )

@@ -354,3 +354,55 @@ def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_
     again = services._claim(order.pk, "task-2")
     assert (again.lease_owner, again.attempts) == ("task-2", 2)
     assert OrderEvent.objects.filter(order=order).latest("id").message == "attempt 2"
+
+
+def test_the_charge_intent_is_one_statement_made_only_while_the_lease_holds(
+    customer, django_assert_num_queries
+) -> None:
+    order = place(customer, (product(), 1))
+    claimed = services._claim(order.pk, "task-1")
+
+    with django_assert_num_queries(1):
+        intent = services._open_charge(claimed, "task-1", "key-1")
+    assert Payment.objects.get().pk == intent.pk and intent.status == "pending"
+    assert services._open_charge(claimed, "task-1", "key-1").pk == intent.pk  # a retry reuses it
+
+    Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
+    with pytest.raises(services._Stop):
+        services._open_charge(claimed, "task-1", "key-2")
+    Order.objects.filter(pk=order.pk).update(lease_owner="task-1", status="cancelled")
+    with pytest.raises(services._Stop) as stopped:
+        services._open_charge(claimed, "task-1", "key-2")
+    assert stopped.value.outcome == "cancelled"
+    assert Payment.objects.count() == 1
+
+
+def test_a_successful_charge_is_recorded_with_its_checkpoint_in_one_statement(
+    customer, django_assert_num_queries
+) -> None:
+    order = place(customer, (product(), 1))
+    claimed = services._claim(order.pk, "task-1")
+    services._reserve_stock(claimed, list(claimed.lines.all()), "task-1")
+    intent = services._open_charge(claimed, "task-1", "key-1")
+
+    with django_assert_num_queries(1):
+        services._record_charge(claimed, intent, "task-1", "ref-1")
+
+    payment, saved = Payment.objects.get(), Order.objects.get(pk=order.pk)
+    assert (payment.status, payment.provider_reference, payment.attempts) == ("succeeded", "ref-1", 1)
+    assert (intent.status, intent.provider_reference, intent.attempts) == ("succeeded", "ref-1", 1)
+    assert saved.step == claimed.step == "charged"
+
+
+def test_a_charge_is_not_recorded_by_a_task_that_lost_the_lease(customer) -> None:
+    order = place(customer, (product(), 1))
+    claimed = services._claim(order.pk, "task-1")
+    services._reserve_stock(claimed, list(claimed.lines.all()), "task-1")
+    intent = services._open_charge(claimed, "task-1", "key-1")
+    Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
+
+    with pytest.raises(services._Stop):
+        services._record_charge(claimed, intent, "task-1", "ref-1")
+
+    assert Payment.objects.get().status == "pending"  # the new holder charges again with the same key
+    assert Order.objects.get(pk=order.pk).step == "reserved"
