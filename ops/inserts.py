@@ -18,6 +18,16 @@ from django.db import connection
 from django.db.models import Field, Model
 
 
+def single_statements() -> bool:
+    """Whether the database runs the statements of the hot paths: data-modifying CTEs, INSERT ... SELECT ... FOR UPDATE.
+
+    PostgreSQL does. SQLite, the embedded default for trying the project out,
+    does not; there the callers take their ORM path, which does the same work
+    in a transaction of several statements.
+    """
+    return connection.vendor == "postgresql"
+
+
 def fields_of(model: type[Model], *, without: tuple[str, ...] = ()) -> list[Field]:
     """The model's concrete columns other than the primary key and the fields named in `without`."""
     skipped = {model._meta.get_field(name) for name in without}
@@ -70,8 +80,10 @@ def insert_unless_exists(instance: Model, unique_field: str, *, guard: tuple[str
 def _insert_sql(model: type[Model], unique_field: str, guard_sql: str) -> str:
     fields = fields_of(model)
     quote = connection.ops.quote_name
+    # VALUES when there is no guard: SQLite reads "SELECT ... ON CONFLICT" as a join clause.
+    source = f"SELECT {placeholders(len(fields))} {guard_sql}" if guard_sql else f"VALUES ({placeholders(len(fields))})"
     return (
-        f"INSERT INTO {quote(model._meta.db_table)} ({columns(fields)}) SELECT {placeholders(len(fields))} {guard_sql} "
+        f"INSERT INTO {quote(model._meta.db_table)} ({columns(fields)}) {source} "
         f"ON CONFLICT ({quote(model._meta.get_field(unique_field).column)}) DO NOTHING "
         f"RETURNING {quote(model._meta.pk.column)}"
     )

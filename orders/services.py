@@ -147,6 +147,8 @@ def _insert_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]
     transaction it needs no BEGIN or COMMIT), so this is one round trip. The
     stock is read, not reserved: the pipeline reserves it.
     """
+    if not inserts.single_statements():
+        return _create_order(order, lines)
     sql, order_fields = _insert_order_sql(len(lines))
     params: list[object] = []
     for position, line in enumerate(lines):
@@ -165,6 +167,22 @@ def _insert_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]
         order_lines.append(line)
     order.total = sum((line.unit_price * line.quantity for line in order_lines), Decimal("0.00"))
     inserts.mark_saved(order, rows[0][1])
+    return order_lines
+
+
+def _create_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]:
+    """_insert_order with the ORM, for databases without data-modifying CTEs (SQLite)."""
+    products = {product.sku: product for product in Product.objects.filter(sku__in=[line.sku for line in lines])}
+    if any(line.sku not in products or products[line.sku].stock < line.quantity for line in lines):
+        return []
+    order.total = sum((products[line.sku].price * line.quantity for line in lines), Decimal("0.00"))
+    order_lines = [
+        OrderLine(order=order, product=products[line.sku], quantity=line.quantity, unit_price=products[line.sku].price)
+        for line in lines
+    ]
+    with transaction.atomic():
+        order.save(force_insert=True)
+        OrderLine.objects.bulk_create(order_lines)
     return order_lines
 
 
@@ -306,6 +324,8 @@ def _claim(order_id: int, task_id: str) -> Order | None:
     and a COMMIT for the same, and this runs for every order.
     """
     now = timezone.now()
+    if not inserts.single_statements():
+        return _claim_with_orm(order_id, task_id, now)
     sql, event_fields = _claim_sql()
     event = OrderEvent(kind=OrderEvent.Kind.ATTEMPT, task_id=task_id, created_at=now)
     params = [Status.PROCESSING, task_id, now + settings.ORDER_LEASE_TIMEOUT, now]
@@ -323,6 +343,33 @@ def _claim(order_id: int, task_id: str) -> Order | None:
     order.customer = customer_model.from_db(
         connection.alias, [field.attname for field in customer_fields], row[len(order_fields) :]
     )
+    return order
+
+
+def _claim_with_orm(order_id: int, task_id: str, now: datetime) -> Order | None:
+    """_claim for databases without data-modifying CTEs (SQLite): the same three writes in one transaction."""
+    claimable = Q(status=Status.PENDING) | Q(status=Status.PROCESSING) & (
+        Q(lease_owner=task_id) | Q(lease_expires_at__lt=now)
+    )
+    with transaction.atomic():
+        claimed = Order.objects.filter(claimable, pk=order_id).update(
+            status=Status.PROCESSING,
+            lease_owner=task_id,
+            lease_expires_at=now + settings.ORDER_LEASE_TIMEOUT,
+            attempts=F("attempts") + 1,
+            updated_at=now,
+        )
+        if not claimed:
+            logger.info("order %s not claimed by task %s: final, missing, or leased to another task", order_id, task_id)
+            return None
+        order = Order.objects.select_related("customer").get(pk=order_id)
+        OrderEvent.objects.create(
+            order=order,
+            kind=OrderEvent.Kind.ATTEMPT,
+            task_id=task_id,
+            message=f"attempt {order.attempts}",
+            created_at=now,
+        )
     return order
 
 
@@ -479,7 +526,7 @@ def _open_charge(order: Order, task_id: str, key: str) -> Payment:
     this step creates charge rows, so insert-or-read cannot race.
     """
     payment = Payment(order=order, kind=Payment.Kind.CHARGE, amount=order.total, idempotency_key=key, task_id=task_id)
-    if _lease_renewal(order, timezone.now()):  # renewing is an UPDATE of its own: the general path
+    if _lease_renewal(order, timezone.now()) or not inserts.single_statements():  # the general path
         with transaction.atomic():
             _renew_lease(order, task_id)
             if not inserts.insert_unless_exists(payment, "idempotency_key"):
@@ -507,7 +554,7 @@ def _record_charge(order: Order, payment: Payment, task_id: str, reference: str)
 
     An UPDATE of the order in a CTE, and the payment's UPDATE only if that one
     matched: no BEGIN, no COMMIT, and one round trip instead of four. When the
-    order is not where this task left it, the general path finds out why.
+    order is not where this task left it, or on SQLite, the general path runs.
     """
     now = timezone.now()
     changes = {"step": Step.CHARGED, "updated_at": now, **_lease_renewal(order, now)}
@@ -528,9 +575,11 @@ def _record_charge(order: Order, payment: Payment, task_id: str, reference: str)
         f"WHERE {quote(Payment._meta.pk.column)} = %s AND EXISTS (SELECT 1 FROM advanced) RETURNING {attempts}"
     )
     params = [*changes.values(), order.pk, Status.PROCESSING, task_id, Step.RESERVED, *recorded.values(), now]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, payment.pk])
-        row = cursor.fetchone()
+    row = None
+    if inserts.single_statements():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, payment.pk])
+            row = cursor.fetchone()
     if row is None:
         with transaction.atomic():
             _advance(order, task_id, Step.CHARGED)  # raises _Stop, or finds a duplicate delivery got here first
