@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from functools import partial
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -36,8 +35,8 @@ from django.template import Context, Template, TemplateSyntaxError
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerError
 
+from core import dispatch
 from notifications import mailer, ratelimit
 from notifications.models import Campaign, EmailPreference, Notification
 from ops import inserts
@@ -121,7 +120,7 @@ def queue_email(
     # is one INSERT ... ON CONFLICT DO NOTHING, without a SELECT or a savepoint.
     if not inserts.insert_unless_exists(notification, "dedup_key"):
         return Notification.objects.get(dedup_key=dedup_key)
-    transaction.on_commit(partial(enqueue_send, notification.pk, expires=expires_at), robust=True)
+    send_later(notification.pk, expires_at, on_commit=True)
     return notification
 
 
@@ -214,27 +213,31 @@ def queue_test_email(recipient: str) -> Notification:
 # --- sending one -------------------------------------------------------------------
 
 
-_UNKNOWN = object()
+def send_later(
+    notification_id: int,
+    expires: datetime | None,
+    *,
+    on_commit: bool = False,
+    countdown: float | None = None,
+    task_id: str | None = None,
+) -> None:
+    """Send the send_notification task, after the commit with `on_commit`; a broker outage leaves it to the sweep.
 
-
-def enqueue_send(
-    notification_id: int, countdown: float | None = None, task_id: str | None = None, *, expires: object = _UNKNOWN
-) -> bool:
-    """Send the send_notification task; a broker outage is logged and left to the stale sweep.
-
-    `expires` is the row's expires_at when the caller has it; otherwise it is read.
+    `expires` is the row's expires_at: time-sensitive messages also expire on the
+    broker, so a backlog drops them.
     """
-    from notifications.tasks import send_notification  # tasks import this module
-
-    if expires is _UNKNOWN:
-        expires = Notification.objects.filter(pk=notification_id).values_list("expires_at", flat=True).first()
-    try:
-        # Time-sensitive messages also expire on the broker, so a backlog drops them.
-        send_notification.apply_async((notification_id,), countdown=countdown, expires=expires, task_id=task_id)
-    except (BrokerError, OSError) as exc:
-        logger.warning("broker unavailable, notification %s stays queued for the sweep: %s", notification_id, exc)
-        return False
-    return True
+    if on_commit:
+        dispatch.send_on_commit(
+            "notifications.tasks.send_notification", [notification_id], expires=expires, task_id=task_id
+        )
+    else:
+        dispatch.send(
+            "notifications.tasks.send_notification",
+            [notification_id],
+            expires=expires,
+            countdown=countdown,
+            task_id=task_id,
+        )
 
 
 def send_notification(notification_id: int, *, task_id: str, last_attempt: bool = False, retry_in: int = 0) -> Outcome:
@@ -251,7 +254,7 @@ def send_notification(notification_id: int, *, task_id: str, last_attempt: bool 
     if limit is not None:
         grant = ratelimit.take("email", 1, limit)
         if not grant.granted:
-            enqueue_send(notification_id, countdown=grant.wait, expires=notification.expires_at)
+            send_later(notification_id, notification.expires_at, countdown=grant.wait)
             return Outcome.THROTTLED
     if not _claim(Notification.objects.filter(pk=notification_id), task_id):
         return Outcome.SKIPPED
@@ -523,18 +526,9 @@ def start_campaign(campaign_id: int, *, actor_id: int | None = None) -> Campaign
         campaign.total = total
         campaign.started_at = timezone.now()
         campaign.save(update_fields=["status", "total", "started_at"])
-        transaction.on_commit(partial(_enqueue_launch, campaign.pk), robust=True)
+        dispatch.send_on_commit("notifications.tasks.launch_campaign", [campaign.pk])
     logger.info("campaign %s started by user %s for %s recipients", campaign_id, actor_id, total)
     return campaign
-
-
-def _enqueue_launch(campaign_id: int) -> None:
-    from notifications.tasks import launch_campaign
-
-    try:
-        launch_campaign.delay(campaign_id)
-    except (BrokerError, OSError) as exc:
-        logger.warning("broker unavailable, campaign %s launches with the stale sweep: %s", campaign_id, exc)
 
 
 def launch_campaign(campaign_id: int, *, task_id: str) -> int:
@@ -599,13 +593,10 @@ def _launch(campaign: Campaign) -> int:
 
 def _fan_out(campaign_id: int, rows: QuerySet[Notification]) -> list[tuple[int, int]]:
     """Send one group of chunk tasks covering `rows`; returns the chunks' (first id, last id) ranges."""
-    from celery import group
-
-    from notifications.tasks import send_campaign_chunk
-
     ranges = list(_id_ranges(rows))
     if ranges:
-        group(send_campaign_chunk.s(campaign_id, first, last) for first, last in ranges).apply_async()
+        chunks = (dispatch.signature("notifications.tasks.send_campaign_chunk", [campaign_id, *ids]) for ids in ranges)
+        dispatch.send_group(chunks, about=f"campaign {campaign_id}'s chunks up to row {ranges[-1][1]}")
     return ranges
 
 
@@ -655,9 +646,9 @@ def send_campaign_chunk(
         last_attempt=last_attempt, retry_in=retry_in, progress=report,
     )  # fmt: skip
     if result.throttled_for:
-        from notifications.tasks import send_campaign_chunk as chunk_task
-
-        chunk_task.apply_async((campaign_id, first_id, last_id), countdown=result.throttled_for)
+        dispatch.send(
+            "notifications.tasks.send_campaign_chunk", [campaign_id, first_id, last_id], countdown=result.throttled_for
+        )
     return result
 
 
@@ -669,9 +660,7 @@ def send_digest_chunk(
         first_id, last_id, kind=Kind.DIGEST, task_id=task_id, last_attempt=last_attempt, retry_in=retry_in
     )
     if result.throttled_for:
-        from notifications.tasks import send_digest_chunk as chunk_task
-
-        chunk_task.apply_async((first_id, last_id), countdown=result.throttled_for)
+        dispatch.send("notifications.tasks.send_digest_chunk", [first_id, last_id], countdown=result.throttled_for)
     return result
 
 
@@ -722,8 +711,6 @@ def send_weekly_digest(*, today: date | None = None) -> int:
 
     Idempotent per customer and week (dedup_key), so running it twice sends nothing new.
     """
-    from notifications.tasks import send_digest_chunk
-
     zone = ZoneInfo(settings.TIME_ZONE)
     monday, sunday = last_iso_week(today or timezone.localdate())
     year, week, _ = monday.isocalendar()
@@ -767,7 +754,7 @@ def send_weekly_digest(*, today: date | None = None) -> int:
     rows = Notification.objects.filter(dedup_key__startswith=f"digest:{label}:")
     created = rows.count() - created_before
     for first, last in _id_ranges(rows.filter(status=Status.QUEUED)):
-        send_digest_chunk.delay(first, last)
+        dispatch.send("notifications.tasks.send_digest_chunk", [first, last])
     logger.info("weekly digest %s: %s new messages", label, created)
     return created
 
@@ -819,20 +806,21 @@ def resend(notification_id: int, task_id: str | None = None) -> bool:
             Campaign.objects.filter(pk=notification.campaign_id, status=Campaign.Status.DONE).update(
                 status=Campaign.Status.SENDING, finished_at=None
             )
-        transaction.on_commit(partial(_send_again, notification, task_id), robust=True)
+        _send_again(notification, task_id)
     return True
 
 
 def _send_again(notification: Notification, task_id: str | None = None) -> None:
-    from notifications.tasks import send_campaign_chunk, send_digest_chunk
-
+    """Send a row's task again after the commit: bulk rows as a one-row chunk, which stays on low_priority."""
     pk = notification.pk
-    if notification.kind == Kind.CAMPAIGN:  # bulk mail stays on low_priority
-        send_campaign_chunk.apply_async((notification.campaign_id, pk, pk), task_id=task_id)
+    if notification.kind == Kind.CAMPAIGN:
+        dispatch.send_on_commit(
+            "notifications.tasks.send_campaign_chunk", [notification.campaign_id, pk, pk], task_id=task_id
+        )
     elif notification.kind == Kind.DIGEST:
-        send_digest_chunk.apply_async((pk, pk), task_id=task_id)
+        dispatch.send_on_commit("notifications.tasks.send_digest_chunk", [pk, pk], task_id=task_id)
     else:
-        enqueue_send(pk, task_id=task_id)
+        send_later(pk, notification.expires_at, on_commit=True, task_id=task_id)
 
 
 def retry_sending(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
@@ -844,7 +832,7 @@ def retry_sending(args: list, kwargs: dict, *, actor_id: int | None, task_id: st
     if notification.status == Status.FAILED:
         resend(notification.pk, task_id=task_id)
     elif Notification.objects.filter(_claimable(timezone.now()), pk=notification.pk).exists():
-        transaction.on_commit(partial(enqueue_send, notification.pk, None, task_id), robust=True)
+        send_later(notification.pk, notification.expires_at, on_commit=True, task_id=task_id)
     else:
         raise ValueError(f"notification {notification.pk} is {notification.status}; nothing to retry")
 
@@ -870,8 +858,6 @@ def requeue_stale_notifications() -> int:
     Also re-sends the launch of campaigns that were started but never launched.
     Returns how many rows and campaigns it re-sent.
     """
-    from notifications.tasks import send_campaign_chunk, send_digest_chunk
-
     now = timezone.now()
     relaunched = _relaunch_stalled_campaigns(now)
     # Late rows are expired here: their task would be dropped by the broker (Celery expires) unrun.
@@ -892,16 +878,16 @@ def requeue_stale_notifications() -> int:
     Notification.objects.filter(pk__in=[row["pk"] for row in rows]).update(requeued_at=now)
     for row in rows:
         if row["kind"] not in Notification.BULK_KINDS:
-            enqueue_send(row["pk"], expires=row["expires_at"])
+            send_later(row["pk"], row["expires_at"])
     bulk = sorted(
         (row for row in rows if row["kind"] in Notification.BULK_KINDS), key=lambda r: (r["campaign_id"] or 0, r["pk"])
     )
     for (campaign_id, kind), group_rows in itertools.groupby(bulk, key=lambda r: (r["campaign_id"], r["kind"])):
         for batch in _batched((row["pk"] for row in group_rows), CHUNK_SIZE):
             if kind == Kind.CAMPAIGN:
-                send_campaign_chunk.delay(campaign_id, batch[0], batch[-1])
+                dispatch.send("notifications.tasks.send_campaign_chunk", [campaign_id, batch[0], batch[-1]])
             else:
-                send_digest_chunk.delay(batch[0], batch[-1])
+                dispatch.send("notifications.tasks.send_digest_chunk", [batch[0], batch[-1]])
     logger.info("stale sweep re-sent %s notifications", len(rows))
     return relaunched + len(rows)
 
@@ -916,8 +902,6 @@ def _relaunch_stalled_campaigns(now: datetime) -> int:
     twice (ignore_conflicts), chunks claim their rows, and whichever starts after
     the other finished stops at launched_at.
     """
-    from notifications.tasks import launch_campaign
-
     stalled = Campaign.objects.filter(
         status=Campaign.Status.SENDING,
         launched_at__isnull=True,
@@ -927,7 +911,8 @@ def _relaunch_stalled_campaigns(now: datetime) -> int:
     relaunched = 0
     for campaign_id in stalled.values_list("pk", flat=True):
         task_id = str(uuid.uuid4())
-        launch_campaign.apply_async((campaign_id,), task_id=task_id)
+        if not dispatch.send("notifications.tasks.launch_campaign", [campaign_id], task_id=task_id):
+            continue  # the broker is still down; the next sweep tries again
         Campaign.objects.filter(pk=campaign_id, task_id="").update(task_id=task_id)
         logger.warning("stale sweep re-sent the launch of campaign %s (task %s)", campaign_id, task_id)
         relaunched += 1

@@ -26,14 +26,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import partial
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Field, Model, Q, QuerySet
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerError
 
+from core import dispatch
 from notifications import services as notification_services
 from ops import inserts
 from orders.models import Order, OrderEvent, OrderLine, Payment, Product
@@ -129,9 +128,8 @@ def place_order(*, customer_id: int, lines: Sequence[LineRequest], idempotency_k
         return PlacedOrder(existing, created=False)
     if not saved:
         raise OrderRejected({"lines": ["The catalogue changed while the order was placed; please try again."]})
-    # After the commit (at once outside a transaction). robust: a failing callback
-    # is logged, never turned into a 500 after the order was saved.
-    transaction.on_commit(partial(enqueue_processing, order.pk), robust=True)
+    # After the commit (at once outside a transaction); never a 500 after the order was saved.
+    dispatch.send_on_commit("orders.tasks.process_order", [order.pk])
     logger.info("order %s placed by customer %s, total %s", order.pk, customer_id, order.total)
     return PlacedOrder(order, created=True)
 
@@ -252,18 +250,6 @@ def _order_for_key(customer_id: int, key: str, fingerprint: str) -> Order | None
     if order is not None and order.request_fingerprint != fingerprint:
         raise IdempotencyConflict("This Idempotency-Key was already used for a different order.")
     return order
-
-
-def enqueue_processing(order_id: int, task_id: str | None = None) -> bool:
-    """Send the process_order task. A broker outage is logged, not raised: the order is saved and the sweep sends it."""
-    from orders.tasks import process_order  # tasks import this module
-
-    try:
-        process_order.apply_async((order_id,), task_id=task_id)
-    except (BrokerError, OSError) as exc:
-        logger.warning("broker unavailable, order %s stays pending until the sweep sends it: %s", order_id, exc)
-        return False
-    return True
 
 
 # --- processing ---------------------------------------------------------------------
@@ -764,7 +750,7 @@ def retry_failed_order(order_id: int, *, actor_id: int | None = None, task_id: s
         )  # fmt: skip
         if replayed:
             OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.REPLAYED, actor_id=actor_id)
-            transaction.on_commit(partial(enqueue_processing, order_id, task_id), robust=True)
+            dispatch.send_on_commit("orders.tasks.process_order", [order_id], task_id=task_id)
     return bool(replayed)
 
 
@@ -776,7 +762,7 @@ def requeue_order(order_id: int, *, actor_id: int | None = None, task_id: str | 
         marked = Order.objects.filter(waiting, pk=order_id).update(requeued_at=now)
         if marked:
             OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.REQUEUED, actor_id=actor_id)
-            transaction.on_commit(partial(enqueue_processing, order_id, task_id), robust=True)
+            dispatch.send_on_commit("orders.tasks.process_order", [order_id], task_id=task_id)
     return bool(marked)
 
 
@@ -815,6 +801,6 @@ def requeue_stuck_orders() -> int:
         OrderEvent(order_id=pk, kind=OrderEvent.Kind.REQUEUED, message="sweep: pending too long or lease expired")
         for pk in ids
     )
-    sent = sum(enqueue_processing(pk) for pk in ids)
+    sent = sum(dispatch.send("orders.tasks.process_order", [pk]) for pk in ids)
     logger.info("sweep re-enqueued %s of %s stuck orders", sent, len(ids))
     return sent

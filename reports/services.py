@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -31,8 +30,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Max, Min, Sum
 from django.db.models.functions import Least, TruncDate
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerError
 
+from core import dispatch
 from notifications import services as notification_services
 from orders.models import Order, OrderLine, Product
 from reports.models import Report
@@ -148,7 +147,7 @@ def request_report(
                 report.requested_by_id = requested_by_id
             report.save(update_fields=["status", "progress", "error", "requested_by"])
         if enqueue:
-            transaction.on_commit(partial(_enqueue_generation, report.pk), robust=True)
+            dispatch.send_on_commit("reports.tasks.generate_report", [report.pk])
     return report
 
 
@@ -168,7 +167,7 @@ def regenerate(report_id: int, *, requested_by_id: int | None = None, task_id: s
         if requested_by_id:
             report.requested_by_id = requested_by_id
         report.save(update_fields=["status", "progress", "error", "requested_by"])
-        transaction.on_commit(partial(_enqueue_generation, report.pk, task_id), robust=True)
+        dispatch.send_on_commit("reports.tasks.generate_report", [report.pk], task_id=task_id)
     return report
 
 
@@ -180,15 +179,6 @@ def retry_generation(args: list, kwargs: dict, *, actor_id: int | None, task_id:
         raise ValueError(f"report {report_id} does not exist")
     if regenerate(report.pk, requested_by_id=actor_id, task_id=task_id).status != Status.PENDING:
         raise ValueError(f"{report} is being generated right now")
-
-
-def _enqueue_generation(report_id: int, task_id: str | None = None) -> None:
-    from reports.tasks import generate_report
-
-    try:
-        generate_report.apply_async((report_id,), task_id=task_id)
-    except (BrokerError, OSError) as exc:
-        logger.warning("broker unavailable, report %s stays pending: %s", report_id, exc)
 
 
 # --- generating ---------------------------------------------------------------------
@@ -213,10 +203,6 @@ def start_generation(report_id: int, *, task_id: str) -> list[tuple[date, date]]
 
 def generate_report(report_id: int, *, task_id: str) -> str:
     """Generate a pending report: inline for one slice, as a chord of slice tasks for more."""
-    from celery import chord
-
-    from reports.tasks import aggregate_report_slice, finish_report
-
     parts = start_generation(report_id, task_id=task_id)
     if parts is None:
         return "skipped"
@@ -225,8 +211,14 @@ def generate_report(report_id: int, *, task_id: str) -> str:
         finish(report_id, [partial_figures])
         return "done"
     with fail_report_on_error(report_id):
-        header = [aggregate_report_slice.s(report_id, first.isoformat(), last.isoformat()) for first, last in parts]
-        chord(header)(finish_report.s(report_id))
+        header = [
+            dispatch.signature("reports.tasks.aggregate_report_slice", [report_id, first.isoformat(), last.isoformat()])
+            for first, last in parts
+        ]
+        body = dispatch.signature("reports.tasks.finish_report", [report_id])
+        if not dispatch.send_chord(header, body, about=f"report {report_id}'s chord of {len(parts)} slices"):
+            mark_failed(report_id, "The broker was unavailable when the slices were sent; generate it again.")
+            return "broker unavailable"
     return f"chord of {len(parts)} slices"
 
 

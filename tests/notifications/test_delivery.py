@@ -281,7 +281,7 @@ def test_a_campaign_started_while_the_broker_is_down_is_sent_by_the_sweep_once_i
             assert response.status == 200, response.body  # the campaign's page, after the redirect
             spring.refresh_from_db()
             assert (spring.status, spring.task_id) == ("sending", "")
-            assert f"broker unavailable, campaign {spring.pk} launches with the stale sweep" in web.output()
+            assert f"broker unavailable, notifications.tasks.launch_campaign[{spring.pk}] not sent" in web.output()
 
             broker.start()  # an empty broker: the launch message never made it
             sweep_until(

@@ -61,8 +61,13 @@ def test_retrying_an_orders_result_replays_the_order_through_its_service(
     with transaction.atomic():
         order = place(customer, (product(stock=5), 1))
         fault(order, "charge", "decline")
-    wait_for(lambda: order.__class__.objects.get(pk=order.pk).status == "failed", 30, 0.1, "the decline")
-    first = stored(TaskResult.objects.get(task_name="orders.tasks.process_order").task_id)
+    # The order is failed before the worker stores the task's result; wait for the result itself.
+    first = wait_for(
+        lambda: TaskResult.objects.filter(task_name="orders.tasks.process_order", status="SUCCESS").first(),
+        30,
+        message="the declined order's result",
+    )
+    assert order.__class__.objects.get(pk=order.pk).status == "failed"
     assert json.loads(first.result) == "failed"
 
     admin_client.post(

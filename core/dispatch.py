@@ -1,0 +1,97 @@
+"""Send tasks by name, after the transaction commits, with one broker-outage policy.
+
+Services never import tasks modules: tasks import services, so imports run one
+way. A service names the task it wants ("orders.tasks.process_order") with plain
+JSON arguments, and this module looks the task up in Celery's registry and
+sends it. A test checks that every name sent anywhere is a registered task
+routed to a declared queue.
+
+The broker-outage policy lives here and only here. Work that must not be lost
+is a database row before it is a message (an order, an outbox email, a report,
+a campaign); the message only wakes a worker. When the broker cannot take a
+message, sending logs a warning and returns False: the row stays as it is, and
+the periodic sweep of that kind of work sends it again. Nothing is raised into
+a web request, or after a transaction that already committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from celery import Task, chord, group
+from celery.canvas import Signature
+from django.db import transaction
+from kombu.exceptions import OperationalError
+
+from config import celery_app
+
+logger = logging.getLogger(__name__)
+
+# What publishing raises when the broker is down or unreachable: Kombu wraps the
+# transports' connection errors in OperationalError once its retries are spent;
+# a refused or reset socket can surface as OSError.
+BROKER_ERRORS = (OperationalError, OSError)
+
+
+def task(name: str) -> Task:
+    """The registered task called `name`; LookupError (a programming error) for a name that is not one."""
+    if name not in celery_app.tasks:
+        # Web and command processes import tasks modules only when asked to; the
+        # first send by name in a process imports them all (autodiscovery).
+        celery_app.loader.import_default_modules()
+    try:
+        return celery_app.tasks[name]
+    except KeyError:
+        raise LookupError(f"{name!r} is not a registered task") from None
+
+
+def send(
+    name: str,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    task_id: str | None = None,
+    countdown: float | None = None,
+    expires: datetime | float | None = None,
+) -> bool:
+    """Send task `name` now. False, with a warning logged, when the broker cannot take it."""
+    try:
+        task(name).apply_async(args, kwargs, task_id=task_id, countdown=countdown, expires=expires)
+    except BROKER_ERRORS as exc:
+        logger.warning("broker unavailable, %s%s not sent; its sweep sends it later: %s", name, list(args), exc)
+        return False
+    return True
+
+
+def send_on_commit(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> None:
+    """Send task `name` once the current transaction commits (at once outside one); never raises into the caller."""
+    task(name)  # an unknown name fails here, in the caller, not after its commit
+    transaction.on_commit(partial(send, name, args, kwargs, **options), robust=True)
+
+
+def signature(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> Signature:
+    """A signature of task `name`, for a group or a chord."""
+    return task(name).signature(args, kwargs)
+
+
+def send_group(signatures: Iterable[Signature], *, about: str) -> bool:
+    """Send the signatures as one group; False, logged, when the broker cannot take it."""
+    return _send_canvas(group(signatures), about)
+
+
+def send_chord(header: Iterable[Signature], body: Signature, *, about: str) -> bool:
+    """Send a chord: `body` runs with the header's results once all of them finished; False when the broker is down."""
+    return _send_canvas(chord(header, body), about)
+
+
+def _send_canvas(canvas: Signature, about: str) -> bool:
+    try:
+        canvas.apply_async()
+    except BROKER_ERRORS as exc:
+        logger.warning("broker unavailable, %s not sent; its sweep sends it later: %s", about, exc)
+        return False
+    return True
