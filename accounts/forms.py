@@ -29,7 +29,7 @@ class OutboxPasswordResetForm(PasswordResetForm):
         self, subject_template_name: str, email_template_name: str, context: dict, from_email: str | None,
         to_email: str, html_email_template_name: str | None = None,
     ) -> None:  # fmt: skip
-        from notifications.services import queue_password_reset
+        from notifications.services.outbox import queue_password_reset
 
         subject = "".join(render_to_string(subject_template_name, context).splitlines())
         body = render_to_string(email_template_name, context)

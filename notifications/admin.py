@@ -11,9 +11,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from notifications import services
 from notifications.forms import CampaignForm
 from notifications.models import Campaign, EmailPreference, Notification
+from notifications.services import campaigns, outbox
 from ops.links import task_id_html, task_result_links
 
 
@@ -52,14 +52,14 @@ class NotificationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resend failed", permissions=["change"])
     def resend_failed(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        resent = sum(services.resend(pk) for pk in queryset.values_list("pk", flat=True))
+        resent = sum(outbox.resend(pk) for pk in queryset.values_list("pk", flat=True))
         self.message_user(request, f"Resending {resent} failed message(s).", messages.SUCCESS)
         if skipped := queryset.count() - resent:
             self.message_user(request, f"Skipped {skipped} that are not failed.", messages.WARNING)
 
     @admin.action(description="Cancel queued", permissions=["change"])
     def cancel_queued(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
-        cancelled = sum(services.cancel_queued(pk) for pk in queryset.values_list("pk", flat=True))
+        cancelled = sum(outbox.cancel_queued(pk) for pk in queryset.values_list("pk", flat=True))
         self.message_user(request, f"Cancelled {cancelled} queued message(s).", messages.SUCCESS)
         if skipped := queryset.count() - cancelled:
             self.message_user(request, f"Skipped {skipped} that are not queued.", messages.WARNING)
@@ -119,12 +119,12 @@ class CampaignAdmin(admin.ModelAdmin):
             raise PermissionDenied
         try:
             if operation == "start":
-                services.start_campaign(campaign.pk, actor_id=request.user.pk)
+                campaigns.start_campaign(campaign.pk, actor_id=request.user.pk)
                 self.message_user(request, f"Campaign “{campaign}” is being sent.", messages.SUCCESS)
             else:
-                services.cancel_campaign(campaign.pk)
+                campaigns.cancel_campaign(campaign.pk)
                 self.message_user(request, f"Campaign “{campaign}” is cancelled.", messages.SUCCESS)
-        except services.CampaignError as exc:
+        except campaigns.CampaignError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         return HttpResponseRedirect(reverse("admin:notifications_campaign_change", args=[campaign.pk]))
 
@@ -142,18 +142,18 @@ class CampaignAdmin(admin.ModelAdmin):
     def start_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
         for campaign in queryset:
             try:
-                services.start_campaign(campaign.pk, actor_id=request.user.pk)
+                campaigns.start_campaign(campaign.pk, actor_id=request.user.pk)
                 self.message_user(request, f"“{campaign}” is being sent.", messages.SUCCESS)
-            except services.CampaignError as exc:
+            except campaigns.CampaignError as exc:
                 self.message_user(request, f"“{campaign}”: {exc}", messages.ERROR)
 
     @admin.action(description="Cancel selected campaigns", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
         for campaign in queryset:
             try:
-                services.cancel_campaign(campaign.pk)
+                campaigns.cancel_campaign(campaign.pk)
                 self.message_user(request, f"“{campaign}” is cancelled.", messages.SUCCESS)
-            except services.CampaignError as exc:
+            except campaigns.CampaignError as exc:
                 self.message_user(request, f"“{campaign}”: {exc}", messages.ERROR)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django import forms
 from django.core.exceptions import ValidationError
 
-from notifications import services
 from notifications.models import Campaign
+from notifications.services import campaigns
 
 
 class CampaignForm(forms.ModelForm):
@@ -16,12 +16,12 @@ class CampaignForm(forms.ModelForm):
 
     def clean_subject(self) -> str:
         subject = self.cleaned_data["subject"]
-        services.check_campaign_template(subject)
+        campaigns.check_campaign_template(subject)
         return subject
 
     def clean_body(self) -> str:
         body = self.cleaned_data["body"]
-        services.check_campaign_template(body)
+        campaigns.check_campaign_template(body)
         return body
 
     def clean(self) -> dict[str, object]:

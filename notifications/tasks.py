@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import Task, shared_task
 from django.conf import settings
 
-from notifications import services
+from notifications.services import bulk, campaigns, digest, outbox, sweeps
 from ops.retry import retry_countdown
 
 EMAIL_RETRY_POLICY = {
@@ -22,18 +22,18 @@ EMAIL_RETRY_POLICY = {
 
 @shared_task(
     bind=True, name="notifications.tasks.send_notification", soft_time_limit=60, time_limit=90,
-    subject=("notifications.Notification", "notification_id"), retry_with="notifications.services.retry_sending",
+    subject=("notifications.Notification", "notification_id"), retry_with="notifications.services.outbox.retry_sending",
     **EMAIL_RETRY_POLICY,
 )  # fmt: skip
 def send_notification(self: Task, notification_id: int) -> str:
     """Send one queued email once; retry SMTP and connection errors with backoff."""
     countdown = retry_countdown(self)
     try:
-        outcome = services.send_notification(
+        outcome = outbox.send_notification(
             notification_id, task_id=self.request.id, last_attempt=self.request.retries >= self.max_retries,
             retry_in=countdown,
         )  # fmt: skip
-    except services.TransientSendError as exc:
+    except outbox.TransientSendError as exc:
         raise self.retry(exc=exc, countdown=countdown) from exc
     return outcome.value
 
@@ -44,7 +44,7 @@ def send_notification(self: Task, notification_id: int) -> str:
 )  # fmt: skip
 def launch_campaign(self: Task, campaign_id: int) -> int:
     """Write the campaign's outbox rows and fan out its chunks as a group."""
-    return services.launch_campaign(campaign_id, task_id=self.request.id)
+    return campaigns.launch_campaign(campaign_id, task_id=self.request.id)
 
 
 @shared_task(
@@ -55,12 +55,12 @@ def send_campaign_chunk(self: Task, campaign_id: int, first_id: int, last_id: in
     """Send one chunk of a campaign over one SMTP connection, reporting progress."""
     countdown = retry_countdown(self)
     try:
-        result = services.send_campaign_chunk(
+        result = campaigns.send_campaign_chunk(
             campaign_id, first_id, last_id, task_id=self.request.id,
             last_attempt=self.request.retries >= self.max_retries, retry_in=countdown,
             progress=lambda meta: self.update_state(state="PROGRESS", meta=meta),
         )  # fmt: skip
-    except services.TransientSendError as exc:
+    except outbox.TransientSendError as exc:
         raise self.retry(exc=exc, countdown=countdown) from exc
     return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
 
@@ -68,7 +68,7 @@ def send_campaign_chunk(self: Task, campaign_id: int, first_id: int, last_id: in
 @shared_task(name="notifications.tasks.send_weekly_digest", soft_time_limit=600, time_limit=660)
 def send_weekly_digest() -> int:
     """Queue last ISO week's order digest for every subscribed customer who ordered, and send it in chunks."""
-    return services.send_weekly_digest()
+    return digest.send_weekly_digest()
 
 
 @shared_task(
@@ -79,11 +79,11 @@ def send_digest_chunk(self: Task, first_id: int, last_id: int) -> dict:
     """Send one chunk of digest messages over one SMTP connection."""
     countdown = retry_countdown(self)
     try:
-        result = services.send_digest_chunk(
+        result = bulk.send_digest_chunk(
             first_id, last_id, task_id=self.request.id,
             last_attempt=self.request.retries >= self.max_retries, retry_in=countdown,
         )  # fmt: skip
-    except services.TransientSendError as exc:
+    except outbox.TransientSendError as exc:
         raise self.retry(exc=exc, countdown=countdown) from exc
     return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
 
@@ -91,10 +91,10 @@ def send_digest_chunk(self: Task, first_id: int, last_id: int) -> dict:
 @shared_task(name="notifications.tasks.requeue_stale_notifications", soft_time_limit=50, time_limit=60)
 def requeue_stale_notifications() -> int:
     """Re-send queued emails that were never picked up, and ones whose lease expired."""
-    return services.requeue_stale_notifications()
+    return sweeps.requeue_stale_notifications()
 
 
 @shared_task(name="notifications.tasks.cleanup_notifications", soft_time_limit=600, time_limit=660)
 def cleanup_notifications() -> int:
     """Delete sent and expired emails older than NOTIFICATION_RETENTION."""
-    return services.cleanup_notifications()
+    return sweeps.cleanup_notifications()

@@ -8,8 +8,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from config.api import api_view, json_error
-from notifications import services
 from notifications.models import Campaign
+from notifications.services import campaigns, preferences
 
 
 @csrf_exempt  # RFC 8058: mail clients POST here without cookies; the signed token authenticates it
@@ -17,14 +17,14 @@ from notifications.models import Campaign
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     """GET shows a confirmation button (link scanners must not unsubscribe anyone); POST unsubscribes."""
     try:
-        user = services.user_for_unsubscribe_token(token)
-    except services.InvalidUnsubscribeLink as exc:
+        user = preferences.user_for_unsubscribe_token(token)
+    except preferences.InvalidUnsubscribeLink as exc:
         return render(request, "notifications/unsubscribe.html", {"error": str(exc)}, status=404)
     preference = getattr(user, "email_preference", None)
     subscribed = preference is None or preference.unsubscribed_at is None
     if request.method == "POST":
         subscribed = request.POST.get("action") == "subscribe"
-        services.set_marketing_subscription(user.pk, subscribed=subscribed)
+        preferences.set_marketing_subscription(user.pk, subscribed=subscribed)
         if request.POST.get("List-Unsubscribe") == "One-Click":
             return HttpResponse("Unsubscribed.", content_type="text/plain")
     return render(
@@ -39,4 +39,4 @@ def api_campaign_progress(request: HttpRequest, campaign_id: int) -> HttpRespons
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None:
         return json_error(404, "No such campaign.")
-    return JsonResponse(services.campaign_progress(campaign))
+    return JsonResponse(campaigns.campaign_progress(campaign))

@@ -10,8 +10,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from ops.links import task_id_html, task_result_links
-from orders import services
 from orders.models import Order, OrderEvent, OrderLine, Payment, Product, SandboxFault, SandboxLedgerEntry
+from orders.services import actions
 
 
 @admin.register(Product)
@@ -101,7 +101,7 @@ class OrderAdmin(admin.ModelAdmin):
 
     @admin.action(description="Process selected orders", permissions=["change"])
     def process_selected(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
-        sent = sum(services.requeue_order(pk, actor_id=request.user.pk) for pk in queryset.values_list("pk", flat=True))
+        sent = sum(actions.requeue_order(pk, actor_id=request.user.pk) for pk in queryset.values_list("pk", flat=True))
         skipped = queryset.count() - sent
         self.message_user(request, f"Sent {sent} order(s) to the workers.", messages.SUCCESS)
         if skipped:
@@ -113,7 +113,7 @@ class OrderAdmin(admin.ModelAdmin):
     @admin.action(description="Retry failed orders", permissions=["change"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
         replayed = sum(
-            services.retry_failed_order(pk, actor_id=request.user.pk) for pk in queryset.values_list("pk", flat=True)
+            actions.retry_failed_order(pk, actor_id=request.user.pk) for pk in queryset.values_list("pk", flat=True)
         )
         skipped = queryset.count() - replayed
         self.message_user(request, f"Replaying {replayed} failed order(s) from the start.", messages.SUCCESS)

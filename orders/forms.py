@@ -9,7 +9,7 @@ from django import forms
 from django.conf import settings
 
 from orders.models import Product
-from orders.services import LineRequest
+from orders.services.placing import LineRequest
 
 MAX_SKU_LENGTH = 64
 MAX_IDEMPOTENCY_KEY_LENGTH = 255

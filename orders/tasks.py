@@ -6,7 +6,7 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from ops.retry import retry_countdown
-from orders import services
+from orders.services import actions, pipeline
 
 
 @shared_task(
@@ -19,19 +19,19 @@ from orders import services
     soft_time_limit=90,
     time_limit=120,
     subject=("orders.Order", "order_id"),
-    retry_with="orders.services.retry_processing",
+    retry_with="orders.services.actions.retry_processing",
 )
 def process_order(self: Task, order_id: int) -> str:
     """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step."""
     countdown = retry_countdown(self)
     try:
-        outcome = services.process_order(
+        outcome = pipeline.process_order(
             order_id,
             task_id=self.request.id,
             last_attempt=self.request.retries >= self.max_retries,
             retry_in=countdown,
         )
-    except services.TransientOrderError as exc:
+    except pipeline.TransientOrderError as exc:
         raise self.retry(exc=exc, countdown=countdown) from exc
     return outcome.value
 
@@ -39,4 +39,4 @@ def process_order(self: Task, order_id: int) -> str:
 @shared_task(name="orders.tasks.check_pending_orders", soft_time_limit=50, time_limit=60)
 def check_pending_orders() -> int:
     """Re-enqueue orders that were saved but never processed, and orders whose lease expired."""
-    return services.requeue_stuck_orders()
+    return actions.requeue_stuck_orders()

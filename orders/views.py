@@ -13,9 +13,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from config.api import api_view, json_error
-from orders import services
 from orders.forms import NewOrderForm, RequestInvalid, clean_idempotency_key, parse_order_request
 from orders.models import Order, Product
+from orders.services import actions, placing
 
 
 def order_json(order: Order) -> dict[str, object]:
@@ -46,10 +46,10 @@ def api_place_order(request: HttpRequest) -> HttpResponse:
     try:
         idempotency_key = clean_idempotency_key(request.headers.get("Idempotency-Key"))
         lines = parse_order_request(request.body)
-        placed = services.place_order(customer_id=request.user.pk, lines=lines, idempotency_key=idempotency_key)
-    except (RequestInvalid, services.OrderRejected) as exc:
+        placed = placing.place_order(customer_id=request.user.pk, lines=lines, idempotency_key=idempotency_key)
+    except (RequestInvalid, placing.OrderRejected) as exc:
         return json_error(400, errors=exc.errors)
-    except services.IdempotencyConflict as exc:
+    except placing.IdempotencyConflict as exc:
         return json_error(400, errors={"Idempotency-Key": [str(exc)]})
     order = placed.order
     url = reverse("orders:api-detail", args=[order.pk])
@@ -74,10 +74,10 @@ def api_order_detail(request: HttpRequest, order_id: int) -> HttpResponse:
 @api_view(methods=("POST",))
 def api_cancel_order(request: HttpRequest, order_id: int) -> HttpResponse:
     try:
-        order = services.cancel_order(order_id, customer_id=request.user.pk, actor_id=request.user.pk)
+        order = actions.cancel_order(order_id, customer_id=request.user.pk, actor_id=request.user.pk)
     except Order.DoesNotExist:
         return json_error(404, "No such order.")
-    except services.CancelRefused as exc:
+    except actions.CancelRefused as exc:
         return json_error(409, str(exc))
     return JsonResponse({"id": order.pk, "status": order.status})
 
@@ -98,12 +98,12 @@ def order_new(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             lines = form.line_requests()
             try:
-                placed = services.place_order(
+                placed = placing.place_order(
                     customer_id=request.user.pk, lines=lines, idempotency_key=form.cleaned_data["idempotency_key"]
                 )
-            except services.OrderRejected as exc:
+            except placing.OrderRejected as exc:
                 form.add_service_errors(exc.errors, lines)
-            except services.IdempotencyConflict:
+            except placing.IdempotencyConflict:
                 form.add_error(None, "This form was already submitted with other quantities; reload the page.")
             else:
                 messages.success(request, f"Order #{placed.order.pk} placed. We are processing it now.")

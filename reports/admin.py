@@ -10,8 +10,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from ops.links import task_id_html, task_result_links
-from reports import services
 from reports.models import Report
+from reports.services import requesting
 
 
 @admin.register(Report)
@@ -65,7 +65,7 @@ class ReportAdmin(admin.ModelAdmin):
     def regenerate(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
         started = 0
         for report in queryset:
-            if services.regenerate(report.pk, requested_by_id=request.user.pk).status == Report.Status.PENDING:
+            if requesting.regenerate(report.pk, requested_by_id=request.user.pk).status == Report.Status.PENDING:
                 started += 1
         self.message_user(
             request, f"Regenerating {started} report(s); the files are replaced when done.", messages.SUCCESS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
-from reports import services
+from reports.services import periods
 
 
 class ReportRangeForm(forms.Form):
@@ -15,8 +15,8 @@ class ReportRangeForm(forms.Form):
         cleaned = super().clean()
         if not self.errors:
             try:
-                services.validate_period(cleaned["start"], cleaned["end"])
-            except services.ReportRejected as exc:
+                periods.validate_period(cleaned["start"], cleaned["end"])
+            except periods.ReportRejected as exc:
                 for name, messages in exc.errors.items():
                     for message in messages:
                         self.add_error(name, message)

@@ -6,16 +6,17 @@ from datetime import date
 
 from celery import Task, shared_task
 
-from reports import services
+from reports.models import Report
+from reports.services import generation, requesting
 
 
 @shared_task(
     bind=True, name="reports.tasks.generate_report", soft_time_limit=600, time_limit=660,
-    subject=("reports.Report", "report_id"), retry_with="reports.services.retry_generation",
+    subject=("reports.Report", "report_id"), retry_with="reports.services.requesting.retry_generation",
 )  # fmt: skip
 def generate_report(self: Task, report_id: int) -> str:
     """Generate a pending report: inline for one slice, a chord of slices for more."""
-    return services.generate_report(report_id, task_id=self.request.id)
+    return generation.generate_report(report_id, task_id=self.request.id)
 
 
 @shared_task(
@@ -24,7 +25,7 @@ def generate_report(self: Task, report_id: int) -> str:
 )  # fmt: skip
 def aggregate_report_slice(self: Task, report_id: int, start: str, end: str) -> dict:
     """One slice's partial aggregates, with progress reported as it finishes."""
-    figures = services.aggregate_slice(report_id, date.fromisoformat(start), date.fromisoformat(end))
+    figures = generation.aggregate_slice(report_id, date.fromisoformat(start), date.fromisoformat(end))
     self.update_state(state="PROGRESS", meta={"report": report_id, "slice": [start, end]})
     return figures
 
@@ -34,23 +35,23 @@ def aggregate_report_slice(self: Task, report_id: int, start: str, end: str) -> 
 )
 def finish_report(partials: list[dict], report_id: int) -> str:
     """The chord's callback: merge the slices, write the CSV and chart, mark the report done."""
-    services.finish(report_id, partials)
+    generation.finish(report_id, partials)
     return "done"
 
 
 @shared_task(name="reports.tasks.generate_daily_report", soft_time_limit=60, time_limit=90)
 def generate_daily_report() -> int:
     """Yesterday's report (beat, 00:05 in TIME_ZONE); idempotent for its day."""
-    return services.schedule_report(services.Kind.DAILY).pk
+    return requesting.schedule_report(Report.Kind.DAILY).pk
 
 
 @shared_task(name="reports.tasks.generate_weekly_report", soft_time_limit=60, time_limit=90)
 def generate_weekly_report() -> int:
     """Last ISO week's report (beat, Monday 00:10); idempotent for its week."""
-    return services.schedule_report(services.Kind.WEEKLY).pk
+    return requesting.schedule_report(Report.Kind.WEEKLY).pk
 
 
 @shared_task(name="reports.tasks.generate_monthly_report", soft_time_limit=60, time_limit=90)
 def generate_monthly_report() -> int:
     """Last month's report (beat, the 1st at 00:15); idempotent for its month."""
-    return services.schedule_report(services.Kind.MONTHLY).pk
+    return requesting.schedule_report(Report.Kind.MONTHLY).pk

@@ -17,9 +17,26 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from config.api import api_view, json_error
-from reports import services
 from reports.forms import ReportRangeForm
 from reports.models import Report
+from reports.services import requesting
+
+
+def report_json(report: Report) -> dict[str, object]:
+    """A report as the JSON API and the report page's script read it."""
+    done = report.status == Report.Status.DONE
+    return {
+        "id": report.pk,
+        "kind": report.kind,
+        "period_start": report.period_start.isoformat(),
+        "period_end": report.period_end.isoformat(),
+        "status": report.status,
+        "progress": report.progress,
+        "summary": report.summary,
+        "error": report.error,
+        "csv_url": reverse("reports:download", args=[report.pk]) if done and report.csv_file else None,
+        "chart_url": reverse("reports:chart", args=[report.pk]) if done and report.chart else None,
+    }
 
 
 def staff_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -47,7 +64,7 @@ def report_list(request: HttpRequest) -> HttpResponse:
 def report_new(request: HttpRequest) -> HttpResponse:
     form = ReportRangeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        report = services.request_report(
+        report = requesting.request_report(
             kind=Report.Kind.CUSTOM, start=form.cleaned_data["start"], end=form.cleaned_data["end"],
             requested_by_id=request.user.pk,
         )  # fmt: skip
@@ -59,7 +76,7 @@ def report_new(request: HttpRequest) -> HttpResponse:
 @staff_page
 def report_detail(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_object_or_404(Report, pk=report_id)
-    return render(request, "reports/report_detail.html", {"report": report, "data": services.report_json(report)})
+    return render(request, "reports/report_detail.html", {"report": report, "data": report_json(report)})
 
 
 def _stored_file(report: Report, field: str) -> FileResponse:
@@ -91,7 +108,7 @@ def api_report_detail(request: HttpRequest, report_id: int) -> HttpResponse:
     report = Report.objects.filter(pk=report_id).first()
     if report is None:
         return json_error(404, "No such report.")
-    return JsonResponse(services.report_json(report))
+    return JsonResponse(report_json(report))
 
 
 @api_view(methods=("POST",), staff=True)
@@ -106,11 +123,11 @@ def api_request_report(request: HttpRequest) -> HttpResponse:
     form = ReportRangeForm(data)
     if not form.is_valid():
         return json_error(400, errors={name: list(messages) for name, messages in form.errors.items()})
-    report = services.request_report(
+    report = requesting.request_report(
         kind=Report.Kind.CUSTOM, start=form.cleaned_data["start"], end=form.cleaned_data["end"],
         requested_by_id=request.user.pk,
     )  # fmt: skip
     url = reverse("reports:api-detail", args=[report.pk])
-    response = JsonResponse({**services.report_json(report), "url": url}, status=202)
+    response = JsonResponse({**report_json(report), "url": url}, status=202)
     response["Location"] = url
     return response

@@ -34,14 +34,14 @@ def prepare_audience(count: int) -> None:
 
 def chunked_round(env: dict[str, str], count: int) -> dict:
     """The product's campaign: emails/s from start to done, and the worker's peak RSS."""
-    from notifications import services
     from notifications.models import Campaign
+    from notifications.services import campaigns
 
     reset_tables("notifications.Notification", "notifications.Campaign", "django_celery_results.TaskResult")
     flush_broker()
     with smtp_sink(env) as sink, running_worker({**env, "EMAIL_URL": sink.url}, 2) as worker:
         campaign = Campaign.objects.create(name="Bench", subject=SUBJECT, body=BODY)
-        services.start_campaign(campaign.pk)
+        campaigns.start_campaign(campaign.pk)
         finished = Campaign.objects.filter(pk=campaign.pk, status__in=["done", "failed", "cancelled"])
         wait_until(finished.exists, ROUND_TIMEOUT, f"the campaign to {count} recipients", 0.2)
         rss = worker.peak_rss_mb()

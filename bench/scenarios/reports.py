@@ -69,13 +69,13 @@ def report_round(env: dict[str, str], first: bool) -> dict:
     from django.db.models import Max
     from django_celery_results.models import TaskResult
 
-    from reports import services
     from reports.models import Report
+    from reports.services import requesting
 
     reset_tables("django_celery_results.TaskResult")
     flush_broker()
     with running_worker(env, 2) as worker:
-        report = services.request_report(kind="monthly", start=MONTH_START, end=MONTH_END, regenerate=not first)
+        report = requesting.request_report(kind="monthly", start=MONTH_START, end=MONTH_END, regenerate=not first)
         done = Report.objects.filter(pk=report.pk, status__in=["done", "failed"])
         wait_until(done.exists, ROUND_TIMEOUT, "the monthly report", 0.1)
         rss = worker.peak_rss_mb()

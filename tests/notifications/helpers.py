@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from notifications import services
 from notifications.models import Notification
+from notifications.services import outbox
 
 
 def transactional(recipient: str = "alice@example.com", key: str = "t-1", **fields: object) -> Notification:
-    return services.queue_email(
+    return outbox.queue_email(
         kind=fields.pop("kind", Notification.Kind.TEST), recipient=recipient, subject=fields.pop("subject", "Hello"),
         body_text=fields.pop("body_text", "Hello there"), dedup_key=key, **fields,
     )  # fmt: skip

@@ -12,8 +12,9 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
-from notifications import ratelimit, services
+from notifications import ratelimit
 from notifications.models import Campaign, EmailPreference, Notification
+from notifications.services import campaigns, digest, outbox, preferences, sweeps
 from orders.models import Order
 from tests.factories import UserFactory
 from tests.orders.helpers import place, product
@@ -68,7 +69,7 @@ def test_the_audience_is_active_customers_with_an_email_who_did_not_unsubscribe(
     resubscribed = UserFactory()
     EmailPreference.objects.create(user=resubscribed, unsubscribed_at=None)
 
-    assert set(services.audience(campaign()).values_list("pk", flat=True)) == {keep.pk, resubscribed.pk}
+    assert set(campaigns.audience(campaign()).values_list("pk", flat=True)) == {keep.pk, resubscribed.pk}
 
 
 def test_the_ordered_since_audience_counts_days_in_the_shop_time_zone(settings) -> None:
@@ -78,14 +79,14 @@ def test_the_ordered_since_audience_counts_days_in_the_shop_time_zone(settings) 
         order = place(user, (product(), 1))
         Order.objects.filter(pk=order.pk).update(created_at=moment.replace(tzinfo=ZoneInfo("Europe/Amsterdam")))
 
-    chosen = services.audience(campaign(audience="ordered_since", ordered_since=date(2026, 4, 1)))
+    chosen = campaigns.audience(campaign(audience="ordered_since", ordered_since=date(2026, 4, 1)))
     assert list(chosen.values_list("pk", flat=True)) == [late.pk]
 
 
 def test_a_campaign_with_an_empty_audience_cannot_be_started() -> None:
     empty = campaign()
-    with pytest.raises(services.CampaignError, match="audience is empty"):
-        services.start_campaign(empty.pk)
+    with pytest.raises(campaigns.CampaignError, match="audience is empty"):
+        campaigns.start_campaign(empty.pk)
     empty.refresh_from_db()
     assert empty.status == "draft" and not Notification.objects.exists()
 
@@ -93,24 +94,24 @@ def test_a_campaign_with_an_empty_audience_cannot_be_started() -> None:
 def test_only_a_draft_can_be_started(smtp_server) -> None:
     UserFactory()
     sent = campaign(status="done")
-    with pytest.raises(services.CampaignError, match="Only a draft campaign"):
-        services.start_campaign(sent.pk)
+    with pytest.raises(campaigns.CampaignError, match="Only a draft campaign"):
+        campaigns.start_campaign(sent.pk)
 
 
 def assert_unsubscribes(link: str, user: object) -> None:
     """The link is signed with a timestamp, so check what it resolves to rather than its exact text."""
-    prefix = services.unsubscribe_url(user.pk).rstrip("/").rsplit("/", 1)[0] + "/"
+    prefix = preferences.unsubscribe_url(user.pk).rstrip("/").rsplit("/", 1)[0] + "/"
     assert link.startswith(prefix) and link.endswith("/")
-    assert services.user_for_unsubscribe_token(link.removeprefix(prefix).rstrip("/")) == user
+    assert preferences.user_for_unsubscribe_token(link.removeprefix(prefix).rstrip("/")) == user
 
 
 def test_launching_writes_one_personal_row_per_recipient_with_unsubscribe_headers_once(broker) -> None:
     users = [UserFactory(first_name=f"Ann{i}") for i in range(3)]
     spring = campaign()
-    services.start_campaign(spring.pk)
+    campaigns.start_campaign(spring.pk)
 
-    services.launch_campaign(spring.pk, task_id="launch-1")
-    services.launch_campaign(spring.pk, task_id="launch-2")  # a redelivered launch
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
+    campaigns.launch_campaign(spring.pk, task_id="launch-2")  # a redelivered launch
 
     rows = Notification.objects.filter(campaign=spring).order_by("user_id")
     assert rows.count() == 3
@@ -130,12 +131,12 @@ def test_a_chunk_sends_its_range_and_the_counts_match_the_rows(smtp_server, sett
     for _ in range(30):
         UserFactory()
     spring = campaign()
-    services.start_campaign(spring.pk)
-    services.launch_campaign(spring.pk, task_id="launch-1")
+    campaigns.start_campaign(spring.pk)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
     ids = list(Notification.objects.filter(campaign=spring).order_by("pk").values_list("pk", flat=True))
     Notification.objects.filter(pk=ids[-1]).update(recipient="refused@example.com")
 
-    result = services.send_campaign_chunk(spring.pk, ids[0], ids[-1], task_id="chunk-1")
+    result = campaigns.send_campaign_chunk(spring.pk, ids[0], ids[-1], task_id="chunk-1")
 
     spring.refresh_from_db()
     assert (result.sent, result.failed) == (30, 0)
@@ -150,12 +151,12 @@ def test_a_throttled_chunk_stops_and_reschedules_itself(smtp_server, settings, b
     for _ in range(5):
         UserFactory()
     spring = campaign()
-    services.start_campaign(spring.pk)
-    services.launch_campaign(spring.pk, task_id="launch-1")
+    campaigns.start_campaign(spring.pk)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
     broker.delete("low_priority")
     ids = list(Notification.objects.filter(campaign=spring).values_list("pk", flat=True))
 
-    result = services.send_campaign_chunk(spring.pk, min(ids), max(ids), task_id="chunk-1")
+    result = campaigns.send_campaign_chunk(spring.pk, min(ids), max(ids), task_id="chunk-1")
 
     assert (result.sent, smtp_server.inbox.count()) == (2, 2)
     assert result.throttled_for > 0
@@ -171,20 +172,20 @@ def test_cancelling_a_campaign_cancels_its_queued_rows_and_keeps_counts_true(set
     for _ in range(4):
         UserFactory()
     spring = campaign()
-    services.start_campaign(spring.pk)
-    services.launch_campaign(spring.pk, task_id="launch-1")
+    campaigns.start_campaign(spring.pk)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
     [first, *_] = Notification.objects.filter(campaign=spring).order_by("pk")
     Notification.objects.filter(pk=first.pk).update(status="sent")
     spring.__class__.objects.filter(pk=spring.pk).update(sent=1)
 
-    services.cancel_campaign(spring.pk)
+    campaigns.cancel_campaign(spring.pk)
 
     spring.refresh_from_db()
     statuses = sorted(Notification.objects.filter(campaign=spring).values_list("status", flat=True))
     assert statuses == ["cancelled", "cancelled", "cancelled", "sent"]
     assert (spring.status, spring.sent, spring.failed) == ("cancelled", 1, 0)
-    with pytest.raises(services.CampaignError, match="already cancelled"):
-        services.cancel_campaign(spring.pk)
+    with pytest.raises(campaigns.CampaignError, match="already cancelled"):
+        campaigns.cancel_campaign(spring.pk)
 
 
 def test_the_weekly_digest_covers_last_iso_week_skips_unsubscribed_and_runs_twice_safely(broker, settings) -> None:
@@ -200,26 +201,26 @@ def test_the_weekly_digest_covers_last_iso_week_skips_unsubscribed_and_runs_twic
     Order.objects.filter(pk=before.pk).update(created_at=datetime(2026, 11, 8, 23, 50, tzinfo=zone))
     Order.objects.filter(pk=gone_order.pk).update(created_at=datetime(2026, 11, 10, 12, 0, tzinfo=zone))
 
-    assert services.send_weekly_digest(today=date(2026, 11, 16)) == 1
-    assert services.send_weekly_digest(today=date(2026, 11, 16)) == 0
+    assert digest.send_weekly_digest(today=date(2026, 11, 16)) == 1
+    assert digest.send_weekly_digest(today=date(2026, 11, 16)) == 0
 
-    [digest] = Notification.objects.filter(kind="digest")
-    assert (digest.user, digest.dedup_key) == (buyer, f"digest:2026-W46:user:{buyer.pk}")
-    assert all(f"#{order.pk} " in digest.body_text for order in in_week), digest.body_text
-    assert f"#{before.pk}" not in digest.body_text
-    assert "List-Unsubscribe" in digest.headers
+    [message] = Notification.objects.filter(kind="digest")
+    assert (message.user, message.dedup_key) == (buyer, f"digest:2026-W46:user:{buyer.pk}")
+    assert all(f"#{order.pk} " in message.body_text for order in in_week), message.body_text
+    assert f"#{before.pk}" not in message.body_text
+    assert "List-Unsubscribe" in message.headers
 
 
 def test_the_unsubscribe_link_works_without_logging_in_and_cannot_be_forged(customer) -> None:
     other = UserFactory()
-    url = services.unsubscribe_url(customer.pk).removeprefix(settings.SITE_URL)
+    url = preferences.unsubscribe_url(customer.pk).removeprefix(settings.SITE_URL)
     browser = Client(enforce_csrf_checks=True)
 
     page = browser.get(url)
     assert page.status_code == 200 and customer.email in page.content.decode()
     assert not EmailPreference.objects.filter(unsubscribed_at__isnull=False).exists()  # GET changes nothing
 
-    forged = url.replace(services.unsubscribe_token(customer.pk).split(":")[0], str(other.pk))
+    forged = url.replace(preferences.unsubscribe_token(customer.pk).split(":")[0], str(other.pk))
     assert browser.post(forged, {"action": "unsubscribe"}).status_code == 404
     assert browser.get("/unsubscribe/garbage/").status_code == 404
 
@@ -233,10 +234,10 @@ def test_the_unsubscribe_link_works_without_logging_in_and_cannot_be_forged(cust
 
 
 def test_unsubscribing_drops_marketing_already_queued_but_not_order_email(customer) -> None:
-    services.queue_email(
+    outbox.queue_email(
         kind="digest", recipient=customer.email, user_id=customer.pk, subject="d", body_text="d", dedup_key="d1"
     )
-    services.queue_email(
+    outbox.queue_email(
         kind="order_completed",
         recipient=customer.email,
         user_id=customer.pk,
@@ -245,7 +246,7 @@ def test_unsubscribing_drops_marketing_already_queued_but_not_order_email(custom
         dedup_key="o1",
     )
 
-    services.set_marketing_subscription(customer.pk, subscribed=False)
+    preferences.set_marketing_subscription(customer.pk, subscribed=False)
 
     assert dict(Notification.objects.values_list("dedup_key", "status")) == {"d1": "cancelled", "o1": "queued"}
 
@@ -254,10 +255,10 @@ def test_campaign_emails_render_the_body_and_the_unsubscribe_link(smtp_server, s
     settings.EMAIL_RATE_LIMIT = None
     user = UserFactory(first_name="Zoë")
     spring = campaign(body="Dear {{ first_name }}, spring is here.")
-    services.start_campaign(spring.pk)
-    services.launch_campaign(spring.pk, task_id="launch-1")
+    campaigns.start_campaign(spring.pk)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
     row = Notification.objects.get(campaign=spring)
-    services.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
+    campaigns.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
 
     [message] = smtp_server.inbox.to(user.email)
     assert "Dear Zoë, spring is here." in body_text(message)
@@ -268,11 +269,11 @@ def test_campaign_emails_render_the_body_and_the_unsubscribe_link(smtp_server, s
 def test_a_campaign_whose_launch_breaks_is_marked_failed_with_the_error(broker) -> None:
     UserFactory()
     spring = campaign()
-    services.start_campaign(spring.pk)
+    campaigns.start_campaign(spring.pk)
     Campaign.objects.filter(pk=spring.pk).update(body="{% load no_such_library %}")  # broken after it started
 
     with pytest.raises(Exception, match="no_such_library"):
-        services.launch_campaign(spring.pk, task_id="launch-1")
+        campaigns.launch_campaign(spring.pk, task_id="launch-1")
 
     spring.refresh_from_db()
     assert spring.status == "failed"
@@ -290,15 +291,15 @@ def queued_chunks(broker) -> list[tuple[int, int]]:
 
 
 def test_launching_sends_each_batch_s_chunks_as_it_is_written_covering_every_row_once(broker, monkeypatch) -> None:
-    monkeypatch.setattr(services, "MATERIALISE_BATCH_SIZE", 3)
+    monkeypatch.setattr(campaigns, "MATERIALISE_BATCH_SIZE", 3)
     for _ in range(7):
         UserFactory()
     spring = campaign()
-    services.start_campaign(spring.pk)
+    campaigns.start_campaign(spring.pk)
 
     # Batches of 3, 3 and 1 rows, each sent as its own chunk once written (one chunk
     # holds up to CHUNK_SIZE rows, so writing everything first would make one).
-    assert services.launch_campaign(spring.pk, task_id="launch-1") == 3
+    assert campaigns.launch_campaign(spring.pk, task_id="launch-1") == 3
 
     ids = sorted(Notification.objects.filter(campaign=spring).values_list("pk", flat=True))
     ranges = queued_chunks(broker)
@@ -312,33 +313,33 @@ def test_a_campaign_is_not_done_before_its_launch_has_written_every_row(smtp_ser
     settings.EMAIL_RATE_LIMIT = None
     UserFactory()
     spring = campaign()
-    services.start_campaign(spring.pk)
-    services.launch_campaign(spring.pk, task_id="launch-1")
+    campaigns.start_campaign(spring.pk)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
     row = Notification.objects.get(campaign=spring)
     Campaign.objects.filter(pk=spring.pk).update(launched_at=None)  # as if later batches were still being written
 
-    services.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
+    campaigns.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
     spring.refresh_from_db()
     assert (spring.status, spring.sent) == ("sending", 1)
 
     Campaign.objects.filter(pk=spring.pk).update(launched_at=timezone.now())
-    assert services.finish_campaign_if_done(spring.pk)
+    assert campaigns.finish_campaign_if_done(spring.pk)
 
 
 def test_a_cancel_during_the_launch_stops_it_and_leaves_no_queued_row(broker, monkeypatch) -> None:
-    monkeypatch.setattr(services, "MATERIALISE_BATCH_SIZE", 2)
+    monkeypatch.setattr(campaigns, "MATERIALISE_BATCH_SIZE", 2)
     users = [UserFactory() for _ in range(5)]
     spring = campaign()
-    services.start_campaign(spring.pk)
-    render = services._campaign_message
+    campaigns.start_campaign(spring.pk)
+    render = campaigns.campaign_message
 
     def staff_cancel_while_the_second_batch_is_written(campaign: Campaign, user: object, *args: object) -> object:
         if user.pk == users[2].pk:
-            services.cancel_campaign(campaign.pk)
+            campaigns.cancel_campaign(campaign.pk)
         return render(campaign, user, *args)
 
-    monkeypatch.setattr(services, "_campaign_message", staff_cancel_while_the_second_batch_is_written)
-    services.launch_campaign(spring.pk, task_id="launch-1")
+    monkeypatch.setattr(campaigns, "campaign_message", staff_cancel_while_the_second_batch_is_written)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
 
     rows = Notification.objects.filter(campaign=spring)
     assert rows.count() == 4  # the third batch was never written
@@ -351,10 +352,10 @@ def test_a_cancel_during_the_launch_stops_it_and_leaves_no_queued_row(broker, mo
 def test_a_launch_whose_audience_emptied_since_the_start_finishes_with_nothing_to_send(broker) -> None:
     customer = UserFactory()
     spring = campaign()
-    services.start_campaign(spring.pk)
+    campaigns.start_campaign(spring.pk)
     EmailPreference.objects.create(user=customer, unsubscribed_at=timezone.now())
 
-    assert services.launch_campaign(spring.pk, task_id="launch-1") == 0
+    assert campaigns.launch_campaign(spring.pk, task_id="launch-1") == 0
     spring.refresh_from_db()
     assert (spring.status, spring.total) == ("done", 0)
 
@@ -363,13 +364,13 @@ def test_the_sweep_relaunches_a_campaign_whose_launch_message_never_arrived(brok
     UserFactory.create_batch(2)
     stalled, recent = campaign(name="Stalled"), campaign(name="Recent")
     # In this test's transaction the launch that start_campaign sends after the commit never goes out.
-    services.start_campaign(stalled.pk)
-    services.start_campaign(recent.pk)
+    campaigns.start_campaign(stalled.pk)
+    campaigns.start_campaign(recent.pk)
     settings.NOTIFICATION_REQUEUE_AFTER = timedelta(minutes=5)
     Campaign.objects.filter(pk=stalled.pk).update(started_at=timezone.now() - timedelta(minutes=6))
 
-    assert services.requeue_stale_notifications() == 1
-    assert services.requeue_stale_notifications() == 0  # the next sweep leaves it to the launch it sent
+    assert sweeps.requeue_stale_notifications() == 1
+    assert sweeps.requeue_stale_notifications() == 0  # the next sweep leaves it to the launch it sent
 
     [message] = messages_in(broker, "low_priority")
     assert message["headers"]["task"] == "notifications.tasks.launch_campaign"
@@ -378,10 +379,10 @@ def test_the_sweep_relaunches_a_campaign_whose_launch_message_never_arrived(brok
     assert stalled.task_id == message["headers"]["id"]
     assert Campaign.objects.get(pk=recent.pk).task_id == ""  # started a moment ago: its launch may still come
 
-    services.launch_campaign(stalled.pk, task_id=stalled.task_id)
+    campaigns.launch_campaign(stalled.pk, task_id=stalled.task_id)
     assert Notification.objects.filter(campaign=stalled).count() == 2
     broker.delete(*queue_keys("low_priority"))
     # Should the original message turn up after all, it stops: the campaign is launched.
-    assert services.launch_campaign(stalled.pk, task_id="the-original-launch") == 0
+    assert campaigns.launch_campaign(stalled.pk, task_id="the-original-launch") == 0
     assert Notification.objects.filter(campaign=stalled).count() == 2
     assert messages_in(broker, "low_priority") == []

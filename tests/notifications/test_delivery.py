@@ -13,8 +13,8 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from config import celery_app
-from notifications import services
 from notifications.models import Campaign, EmailPreference, Notification
+from notifications.services import campaigns
 from orders.models import Order
 from tests.factories import StaffFactory, UserFactory
 from tests.notifications.helpers import make_customers, transactional
@@ -134,7 +134,7 @@ def test_a_campaign_of_2000_completes_with_counts_equal_to_the_rows_and_progress
         start_worker_process(EMAIL_URL=server.url, **FAST)
         start_worker_process(EMAIL_URL=server.url, **FAST)
         with transaction.atomic():
-            services.start_campaign(spring.pk)
+            campaigns.start_campaign(spring.pk)
 
         seen_counts, seen_task_progress = set(), False
         deadline = time.monotonic() + 120
@@ -166,10 +166,10 @@ def test_cancelling_a_campaign_mid_way_stops_it_with_consistent_counts(start_wor
     with SmtpServer(delay=0.01) as server:
         start_worker_process(EMAIL_URL=server.url, **FAST)
         with transaction.atomic():
-            services.start_campaign(spring.pk)
+            campaigns.start_campaign(spring.pk)
         wait_for(lambda: server.inbox.count() > 100, 60, 0.05, "the campaign to be under way")
 
-        services.cancel_campaign(spring.pk)
+        campaigns.cancel_campaign(spring.pk)
         time.sleep(3)  # it stops within seconds
         stopped_at = server.inbox.count()
         time.sleep(2)
@@ -195,7 +195,7 @@ def test_the_rate_limit_holds_across_two_workers_and_campaign_chunks(start_worke
         with transaction.atomic():
             for index in range(20):
                 transactional(recipient=f"single{index}@example.com", key=f"single-{index}")
-            services.start_campaign(spring.pk)
+            campaigns.start_campaign(spring.pk)
         started = time.monotonic()
 
         wait_for(lambda: server.inbox.count() >= 40, 60, 0.05, "all 40 emails")
@@ -214,7 +214,7 @@ def test_an_order_placed_during_a_throttled_campaign_still_completes_promptly(st
         # One worker on all three queues, the hardest case: throttled chunks must not hold its slots.
         start_worker_process(EMAIL_URL=server.url, EMAIL_RATE_LIMIT="50/s", PAYMENT_SANDBOX_LATENCY_MS="0")
         with transaction.atomic():
-            services.start_campaign(spring.pk)
+            campaigns.start_campaign(spring.pk)
         wait_for(lambda: server.inbox.count() > 20, 60, 0.05, "the campaign to be under way")
         with transaction.atomic():
             order = place(customer, (product(), 1))
@@ -240,7 +240,7 @@ def test_unsubscribed_customers_get_order_emails_but_no_campaign_or_digest(start
     Order.objects.filter(pk__in=[o.pk for o in orders]).update(created_at=last_week)
     spring = Campaign.objects.create(name="Spring", subject="Spring news", body="Hello")
     with transaction.atomic():
-        services.start_campaign(spring.pk)
+        campaigns.start_campaign(spring.pk)
     celery_app.send_task("notifications.tasks.send_weekly_digest")
 
     def kinds(user) -> list[str]:

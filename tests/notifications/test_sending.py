@@ -10,9 +10,9 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from notifications import services
 from notifications.models import EmailPreference, Notification
-from orders import services as order_services
+from notifications.services import messages, outbox, sweeps
+from orders.services import actions, pipeline
 from tests.notifications.helpers import transactional
 from tests.orders.helpers import place, product
 from tests.support.smtp import body_html, body_text
@@ -43,10 +43,10 @@ def test_the_same_dedup_key_never_makes_a_second_message() -> None:
 def test_a_completed_order_queues_one_templated_text_and_html_email(customer, smtp_server) -> None:
     mug = product(stock=5, price="12.50")
     order = place(customer, (mug, 2))
-    order_services.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, task_id="task-1")
 
     notification = Notification.objects.get(kind="order_completed")
-    assert services.send_notification(notification.pk, task_id="send-1") == services.Outcome.SENT
+    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.SENT
 
     [message] = smtp_server.inbox.to(customer.email)
     assert message["Subject"] == f"Your order #{order.pk} is on its way"
@@ -62,12 +62,12 @@ def test_a_completed_order_queues_one_templated_text_and_html_email(customer, sm
 def test_failed_and_cancelled_orders_get_their_own_email(customer, status: str, subject: str) -> None:
     order = place(customer, (product(), 1))
     if status == "cancelled":
-        order_services.cancel_order(order.pk, customer_id=customer.pk)
+        actions.cancel_order(order.pk, customer_id=customer.pk)
     else:
         from tests.orders.helpers import fault
 
         fault(order, "charge", "decline")
-        order_services.process_order(order.pk, task_id="task-1")
+        pipeline.process_order(order.pk, task_id="task-1")
 
     notification = Notification.objects.get(kind=f"order_{status}")
     assert subject in notification.subject
@@ -77,15 +77,15 @@ def test_failed_and_cancelled_orders_get_their_own_email(customer, status: str, 
 def test_an_unsubscribed_customer_still_gets_order_emails(customer) -> None:
     EmailPreference.objects.create(user=customer, unsubscribed_at=timezone.now())
     order = place(customer, (product(), 1))
-    order_services.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, task_id="task-1")
     assert Notification.objects.filter(user=customer, kind="order_completed").exists()
 
 
 def test_a_sent_row_is_never_sent_again(smtp_server) -> None:
     notification = transactional()
-    assert services.send_notification(notification.pk, task_id="send-1") == services.Outcome.SENT
-    assert services.send_notification(notification.pk, task_id="send-1") == services.Outcome.SKIPPED
-    assert services.send_notification(notification.pk, task_id="send-2") == services.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.SENT
+    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, task_id="send-2") == outbox.Outcome.SKIPPED
     assert smtp_server.inbox.count() == 1
 
 
@@ -95,7 +95,7 @@ def test_a_row_being_sent_is_left_alone_even_by_a_second_delivery_of_the_same_ta
     Notification.objects.filter(pk=notification.pk).update(
         status="sending", lease_owner="send-1", lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
-    assert services.send_notification(notification.pk, task_id=task_id) == services.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, task_id=task_id) == outbox.Outcome.SKIPPED
     assert smtp_server.inbox.count() == 0
 
 
@@ -104,14 +104,14 @@ def test_a_row_abandoned_mid_send_is_taken_over_once_its_lease_expires(smtp_serv
     Notification.objects.filter(pk=notification.pk).update(
         status="sending", lease_owner="crashed", lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert services.send_notification(notification.pk, task_id="sweep-sent") == services.Outcome.SENT
+    assert outbox.send_notification(notification.pk, task_id="sweep-sent") == outbox.Outcome.SENT
     assert smtp_server.inbox.count() == 1
 
 
 def test_a_late_message_is_expired_not_sent(smtp_server) -> None:
     notification = transactional(expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert services.send_notification(notification.pk, task_id="send-1") == services.Outcome.EXPIRED
+    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.EXPIRED
 
     notification.refresh_from_db()
     assert notification.status == "expired"
@@ -119,7 +119,7 @@ def test_a_late_message_is_expired_not_sent(smtp_server) -> None:
 
 
 def test_an_unknown_id_finishes_with_a_logged_reason(caplog: pytest.LogCaptureFixture) -> None:
-    assert services.send_notification(987654, task_id="send-1") == services.Outcome.MISSING
+    assert outbox.send_notification(987654, task_id="send-1") == outbox.Outcome.MISSING
     assert "notification 987654 does not exist" in caplog.text
 
 
@@ -130,14 +130,14 @@ def test_smtp_down_is_a_transient_error_until_the_last_attempt(settings) -> None
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nothing listens there
     notification = transactional()
 
-    with pytest.raises(services.TransientSendError, match="ConnectionRefused"):
-        services.send_notification(notification.pk, task_id="send-1", retry_in=30)
+    with pytest.raises(outbox.TransientSendError, match="ConnectionRefused"):
+        outbox.send_notification(notification.pk, task_id="send-1", retry_in=30)
     notification.refresh_from_db()
     assert (notification.status, notification.lease_owner) == ("queued", "send-1")  # held for its own retry
     assert notification.lease_expires_at > timezone.now() + timedelta(seconds=30)
-    assert services.send_notification(notification.pk, task_id="sweep-sent") == services.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, task_id="sweep-sent") == outbox.Outcome.SKIPPED
 
-    assert services.send_notification(notification.pk, task_id="send-1", last_attempt=True) == services.Outcome.FAILED
+    assert outbox.send_notification(notification.pk, task_id="send-1", last_attempt=True) == outbox.Outcome.FAILED
     notification.refresh_from_db()
     assert notification.status == "failed"
     assert "ConnectionRefused" in notification.last_error
@@ -147,16 +147,16 @@ def test_smtp_down_is_a_transient_error_until_the_last_attempt(settings) -> None
 def test_smtp_errors_are_transient_only_for_network_trouble_and_4xx_replies() -> None:
     import smtplib
 
-    assert services.is_transient(smtplib.SMTPRecipientsRefused({"x@example.com": (450, b"mailbox busy")}))
-    assert not services.is_transient(smtplib.SMTPRecipientsRefused({"x@example.com": (550, b"no such user")}))
-    assert not services.is_transient(smtplib.SMTPDataError(554, b"rejected"))
-    assert services.is_transient(smtplib.SMTPServerDisconnected("gone"))
+    assert messages.is_transient(smtplib.SMTPRecipientsRefused({"x@example.com": (450, b"mailbox busy")}))
+    assert not messages.is_transient(smtplib.SMTPRecipientsRefused({"x@example.com": (550, b"no such user")}))
+    assert not messages.is_transient(smtplib.SMTPDataError(554, b"rejected"))
+    assert messages.is_transient(smtplib.SMTPServerDisconnected("gone"))
 
 
 def test_emails_sent_one_by_one_share_the_process_s_smtp_connection(smtp_server) -> None:
     rows = [transactional(key=f"k-{i}") for i in range(3)]
     for row in rows:
-        assert services.send_notification(row.pk, task_id=f"send-{row.pk}") == services.Outcome.SENT
+        assert outbox.send_notification(row.pk, task_id=f"send-{row.pk}") == outbox.Outcome.SENT
     assert smtp_server.inbox.count() == 3
     assert smtp_server.inbox.connections() == 1
 
@@ -169,9 +169,9 @@ def test_a_session_the_server_ended_while_idle_is_replaced_before_the_next_email
     with SmtpServer(session_timeout=0.3) as server:
         settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
         first, second = transactional(key="k-1"), transactional(key="k-2")
-        assert services.send_notification(first.pk, task_id="send-1") == services.Outcome.SENT
+        assert outbox.send_notification(first.pk, task_id="send-1") == outbox.Outcome.SENT
         time.sleep(1)  # the server says "421 timeout" and hangs up, as Postfix does after 300 s
-        assert services.send_notification(second.pk, task_id="send-2") == services.Outcome.SENT
+        assert outbox.send_notification(second.pk, task_id="send-2") == outbox.Outcome.SENT
         assert (server.inbox.count(), server.inbox.connections()) == (2, 2)
         mailer.close()
 
@@ -181,10 +181,10 @@ def test_changed_email_settings_take_the_next_email_to_the_new_server(smtp_serve
     from tests.support.smtp import SmtpServer
 
     first, second = transactional(key="k-1"), transactional(key="k-2")
-    assert services.send_notification(first.pk, task_id="send-1") == services.Outcome.SENT
+    assert outbox.send_notification(first.pk, task_id="send-1") == outbox.Outcome.SENT
     with SmtpServer() as other:
         settings.EMAIL_PORT = other.port
-        assert services.send_notification(second.pk, task_id="send-2") == services.Outcome.SENT
+        assert outbox.send_notification(second.pk, task_id="send-2") == outbox.Outcome.SENT
         assert (smtp_server.inbox.count(), other.inbox.count()) == (1, 1)
         mailer.close()
 
@@ -194,10 +194,10 @@ def test_resend_and_cancel_queued_only_touch_the_right_rows() -> None:
     queued = transactional(key="b")
     Notification.objects.filter(pk=failed.pk).update(status="failed", last_error="boom")
 
-    assert services.resend(queued.pk) is False
-    assert services.cancel_queued(failed.pk) is False
-    assert services.resend(failed.pk) is True
-    assert services.cancel_queued(queued.pk) is True
+    assert outbox.resend(queued.pk) is False
+    assert outbox.cancel_queued(failed.pk) is False
+    assert outbox.resend(failed.pk) is True
+    assert outbox.cancel_queued(queued.pk) is True
     assert dict(Notification.objects.values_list("pk", "status")) == {failed.pk: "queued", queued.pk: "cancelled"}
 
 
@@ -207,8 +207,8 @@ def test_the_stale_sweep_resends_only_old_unsent_rows(settings, broker) -> None:
     Notification.objects.filter(pk__in=[old.pk, sent.pk]).update(created_at=timezone.now() - timedelta(minutes=10))
     Notification.objects.filter(pk=sent.pk).update(status="sent")
 
-    assert services.requeue_stale_notifications() == 1
-    assert services.requeue_stale_notifications() == 0
+    assert sweeps.requeue_stale_notifications() == 1
+    assert sweeps.requeue_stale_notifications() == 0
 
     [message] = [json.loads(raw) for raw in broker.lrange("high_priority", 0, -1)]
     assert (message["headers"]["task"], message["headers"]["argsrepr"]) == (
@@ -226,7 +226,7 @@ def test_cleanup_removes_only_old_sent_and_expired_rows(settings) -> None:
         Notification.objects.filter(pk=row.pk).update(status=status, sent_at=long_ago, updated_at=long_ago)
     Notification.objects.filter(pk=recent_sent.pk).update(status="sent", sent_at=timezone.now())
 
-    assert services.cleanup_notifications() == 2
+    assert sweeps.cleanup_notifications() == 2
     assert set(Notification.objects.values_list("dedup_key", flat=True)) == {"failed", "queued", "recent"}
 
 

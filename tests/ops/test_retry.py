@@ -80,4 +80,4 @@ def test_retrying_an_orders_result_replays_the_order_through_its_service(
     assert (order.status, order.replays, json.loads(new.result)) == ("completed", 1, "completed")
     assert recorded_arguments(new.task_args, new.task_kwargs) == ([order.pk], {})
     assert len(ledger(order)) == 1
-    assert retry.options == {"through": "orders.services.retry_processing"}
+    assert retry.options == {"through": "orders.services.actions.retry_processing"}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from orders import services
 from orders.models import Order, Product, SandboxFault, SandboxLedgerEntry
+from orders.services import placing
 from tests.factories import ProductFactory
 
 
 def place(customer, *items: tuple[Product, int], key: str | None = None) -> Order:
-    lines = [services.LineRequest(sku=product.sku, quantity=quantity) for product, quantity in items]
-    return services.place_order(customer_id=customer.pk, lines=lines, idempotency_key=key).order
+    lines = [placing.LineRequest(sku=product.sku, quantity=quantity) for product, quantity in items]
+    return placing.place_order(customer_id=customer.pk, lines=lines, idempotency_key=key).order
 
 
 def product(stock: int = 10, price: str = "10.00") -> Product:

@@ -7,8 +7,8 @@ from django.test import Client
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from orders import services
 from orders.models import Order
+from orders.services import pipeline
 from tests.factories import ProductFactory, UserFactory
 from tests.orders.helpers import fault, place, product
 
@@ -49,10 +49,10 @@ def test_the_order_list_filters_by_status_and_searches_by_id_customer_and_sku(ad
 def test_an_order_page_shows_its_lines_payments_and_history_linked_to_task_results(admin_client, customer) -> None:
     order = place(customer, (product(), 1))
     fault(order, "charge", "transient")
-    with pytest.raises(services.TransientOrderError):
-        services.process_order(order.pk, task_id="task-with-result")
+    with pytest.raises(pipeline.TransientOrderError):
+        pipeline.process_order(order.pk, task_id="task-with-result")
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now())  # as if it got stuck
-    services.process_order(order.pk, task_id="task-without-result")
+    pipeline.process_order(order.pk, task_id="task-without-result")
     result = TaskResult.objects.create(
         task_id="task-with-result", task_name="orders.tasks.process_order", status="RETRY"
     )

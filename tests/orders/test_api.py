@@ -9,8 +9,8 @@ import pytest
 from django.db import transaction
 from django.test import Client
 
-from orders import services
 from orders.models import Order, OrderLine, Product
+from orders.services import placing
 from tests.factories import ProductFactory, UserFactory
 from tests.orders.helpers import place, product
 
@@ -210,7 +210,7 @@ def test_a_lost_idempotency_race_answers_with_the_other_order_and_leaves_the_tra
 ) -> None:
     mug = product(stock=5)
     first = place(customer, (mug, 1), key="raced")
-    real_lookup = services._order_for_key
+    real_lookup = placing.order_for_key
     lookups = []
 
     def lookup_before_the_other_commit(*args: object) -> Order | None:
@@ -218,10 +218,10 @@ def test_a_lost_idempotency_race_answers_with_the_other_order_and_leaves_the_tra
         lookups.append(args)
         return None if len(lookups) == 1 else real_lookup(*args)
 
-    monkeypatch.setattr(services, "_order_for_key", lookup_before_the_other_commit)
+    monkeypatch.setattr(placing, "order_for_key", lookup_before_the_other_commit)
     with transaction.atomic():
-        placed = services.place_order(
-            customer_id=customer.pk, lines=[services.LineRequest(sku=mug.sku, quantity=1)], idempotency_key="raced"
+        placed = placing.place_order(
+            customer_id=customer.pk, lines=[placing.LineRequest(sku=mug.sku, quantity=1)], idempotency_key="raced"
         )
         assert (placed.order.pk, placed.created) == (first.pk, False)
         assert Order.objects.count() == 1  # the caller's transaction still works
@@ -255,14 +255,14 @@ def test_a_line_for_exactly_the_stock_left_is_accepted(customer) -> None:
 
 def test_stock_that_comes_back_while_an_order_is_refused_lets_the_retry_place_it(customer, monkeypatch) -> None:
     mug = product(stock=1)
-    real_validate = services._validate_lines
+    real_validate = placing.validate_lines
 
     def restock_then_validate(lines: object) -> object:
         Product.objects.filter(pk=mug.pk).update(stock=5)  # another request's cancel, say
         return real_validate(lines)
 
-    monkeypatch.setattr(services, "_validate_lines", restock_then_validate)
-    placed = services.place_order(customer_id=customer.pk, lines=[services.LineRequest(sku=mug.sku, quantity=2)])
+    monkeypatch.setattr(placing, "validate_lines", restock_then_validate)
+    placed = placing.place_order(customer_id=customer.pk, lines=[placing.LineRequest(sku=mug.sku, quantity=2)])
 
     assert placed.created and Order.objects.get().pk == placed.order.pk
     assert OrderLine.objects.get().quantity == 2
@@ -270,7 +270,7 @@ def test_stock_that_comes_back_while_an_order_is_refused_lets_the_retry_place_it
 
 def test_stock_that_comes_and_goes_while_an_order_is_refused_asks_to_try_again(customer, monkeypatch) -> None:
     mug = product(stock=1)
-    real_validate = services._validate_lines
+    real_validate = placing.validate_lines
 
     def restock_validate_then_sell_out(lines: object) -> object:
         Product.objects.filter(pk=mug.pk).update(stock=5)
@@ -279,9 +279,9 @@ def test_stock_that_comes_and_goes_while_an_order_is_refused_asks_to_try_again(c
         finally:
             Product.objects.filter(pk=mug.pk).update(stock=0)
 
-    monkeypatch.setattr(services, "_validate_lines", restock_validate_then_sell_out)
-    with pytest.raises(services.OrderRejected) as rejected:
-        services.place_order(customer_id=customer.pk, lines=[services.LineRequest(sku=mug.sku, quantity=2)])
+    monkeypatch.setattr(placing, "validate_lines", restock_validate_then_sell_out)
+    with pytest.raises(placing.OrderRejected) as rejected:
+        placing.place_order(customer_id=customer.pk, lines=[placing.LineRequest(sku=mug.sku, quantity=2)])
 
     assert rejected.value.errors == {"lines": ["The catalogue changed while the order was placed; please try again."]}
     assert Order.objects.count() == OrderLine.objects.count() == 0

@@ -10,17 +10,17 @@ from tests.foundation.test_settings import clean_env, manage
 SCRIPT = """
 import json
 from django.contrib.auth.models import User
-from orders import services
+from orders.services import pipeline, placing
 from orders.models import Order, Payment, Product
 
 customer = User.objects.create(username="c", email="c@example.com")
 Product.objects.create(sku="MUG", name="Mug", price="1.50", stock=5)
-placed = services.place_order(customer_id=customer.pk, lines=[services.LineRequest("MUG", 2)])
-outcome = services.process_order(placed.order.pk, task_id="task-1")
+placed = placing.place_order(customer_id=customer.pk, lines=[placing.LineRequest("MUG", 2)])
+outcome = pipeline.process_order(placed.order.pk, task_id="task-1")
 try:
-    services.place_order(customer_id=customer.pk, lines=[services.LineRequest("MUG", 9)])
+    placing.place_order(customer_id=customer.pk, lines=[placing.LineRequest("MUG", 9)])
     rejected = None
-except services.OrderRejected as exc:
+except placing.OrderRejected as exc:
     rejected = exc.errors
 order = Order.objects.get()
 print(json.dumps({

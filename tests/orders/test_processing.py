@@ -1,4 +1,4 @@
-"""The order pipeline, called as the task calls it (services.process_order), against real PostgreSQL."""
+"""The order pipeline, called as the task calls it (pipeline.process_order), against real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from orders import services
 from orders.models import Order, OrderEvent, Payment
+from orders.services import actions, pipeline
 from tests.orders.helpers import fault, ledger, place, product, stock_of
 
 pytestmark = pytest.mark.django_db
@@ -24,10 +24,10 @@ def test_it_runs_every_step_and_completes_the_order(customer) -> None:
     mug = product(stock=5, price="12.50")
     order = place(customer, (mug, 2))
 
-    outcome = services.process_order(order.pk, task_id="task-1")
+    outcome = pipeline.process_order(order.pk, task_id="task-1")
 
     order.refresh_from_db()
-    assert outcome == services.Outcome.COMPLETED
+    assert outcome == pipeline.Outcome.COMPLETED
     assert (order.status, order.step) == ("completed", "notified")
     assert order.tracking_number.startswith("SBX")
     assert (order.lease_owner, order.lease_expires_at) == ("", None)
@@ -46,10 +46,10 @@ def test_it_runs_every_step_and_completes_the_order(customer) -> None:
 def test_a_finished_order_is_left_alone_when_delivered_again(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 1))
-    services.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, task_id="task-1")
 
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.SKIPPED
-    assert services.process_order(order.pk, task_id="task-2") == services.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.SKIPPED
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 4
 
@@ -57,12 +57,12 @@ def test_a_finished_order_is_left_alone_when_delivered_again(customer) -> None:
 def test_two_copies_of_the_same_task_running_at_once_reserve_the_stock_once(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 2))
-    services._claim(order.pk, "task-1")
+    pipeline.claim(order.pk, "task-1")
     first_copy, second_copy = Order.objects.get(pk=order.pk), Order.objects.get(pk=order.pk)
     lines = list(order.lines.all())
 
-    services._reserve_stock(first_copy, lines, "task-1")
-    services._reserve_stock(second_copy, lines, "task-1")  # it read step="" before the first committed
+    pipeline.reserve_stock(first_copy, lines, "task-1")
+    pipeline.reserve_stock(second_copy, lines, "task-1")  # it read step="" before the first committed
 
     assert stock_of(mug) == 3
     assert second_copy.step == "reserved"
@@ -74,7 +74,7 @@ def test_another_task_leaves_an_order_alone_while_its_lease_is_live(customer) ->
         status="processing", lease_owner="task-1", lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
 
-    assert services.process_order(order.pk, task_id="task-2") == services.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.SKIPPED
     order.refresh_from_db()
     assert (order.status, order.lease_owner, order.step) == ("processing", "task-1", "")
 
@@ -83,13 +83,13 @@ def test_an_expired_lease_is_taken_over_and_resumed_after_the_last_finished_step
     mug = product(stock=5)
     order = place(customer, (mug, 2))
     fault(order, "ship", "transient")
-    with pytest.raises(services.TransientOrderError):
-        services.process_order(order.pk, task_id="task-1")  # reserved and charged, then the carrier timed out
+    with pytest.raises(pipeline.TransientOrderError):
+        pipeline.process_order(order.pk, task_id="task-1")  # reserved and charged, then the carrier timed out
     order.refresh_from_db()
     assert order.step == "charged"
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert services.process_order(order.pk, task_id="task-2") == services.Outcome.COMPLETED
+    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.COMPLETED
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 3
 
@@ -100,13 +100,13 @@ def test_a_transient_gateway_error_is_raised_for_a_retry_that_keeps_the_lease(cu
     fault(order, "charge", "transient", times=2)
 
     for _attempt in range(2):
-        with pytest.raises(services.TransientOrderError, match="timed out"):
-            services.process_order(order.pk, task_id="task-1", retry_in=30)
+        with pytest.raises(pipeline.TransientOrderError, match="timed out"):
+            pipeline.process_order(order.pk, task_id="task-1", retry_in=30)
         order.refresh_from_db()
         assert order.lease_expires_at > timezone.now() + timedelta(seconds=30)
-        assert services.process_order(order.pk, task_id="sweep-task") == services.Outcome.SKIPPED
+        assert pipeline.process_order(order.pk, task_id="sweep-task") == pipeline.Outcome.SKIPPED
 
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.COMPLETED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.COMPLETED
     assert len(ledger(order)) == 1
     assert order.events.filter(kind="retry").count() == 2
     payment = order.payments.get()
@@ -118,7 +118,7 @@ def test_a_decline_fails_the_order_with_the_reason_and_releases_the_stock(custom
     order = place(customer, (mug, 3))
     fault(order, "charge", "decline")
 
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.FAILED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
 
     order.refresh_from_db()
     assert order.status == "failed"
@@ -133,7 +133,7 @@ def test_a_failure_after_the_charge_refunds_it_and_releases_the_stock(customer) 
     order = place(customer, (mug, 2))
     fault(order, "ship", "decline")
 
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.FAILED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
 
     order.refresh_from_db()
     assert order.status == "failed"
@@ -150,13 +150,13 @@ def test_a_refund_that_times_out_is_resumed_by_the_next_attempt_without_redoing_
     fault(order, "ship", "decline")
     fault(order, "refund", "transient")
 
-    with pytest.raises(services.TransientOrderError):
-        services.process_order(order.pk, task_id="task-1")
+    with pytest.raises(pipeline.TransientOrderError):
+        pipeline.process_order(order.pk, task_id="task-1")
     order.refresh_from_db()
     assert order.is_compensating
     assert stock_of(mug) == 3  # still reserved until the refund went through
 
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.FAILED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
     assert len(ledger(order, "charge")) == len(ledger(order, "refund")) == 1
     assert stock_of(mug) == 5
 
@@ -166,7 +166,7 @@ def test_transient_errors_on_the_last_attempt_fail_the_order_after_compensation(
     order = place(customer, (mug, 1))
     fault(order, "ship", "transient", times=5)
 
-    assert services.process_order(order.pk, task_id="task-1", last_attempt=True) == services.Outcome.FAILED
+    assert pipeline.process_order(order.pk, task_id="task-1", last_attempt=True) == pipeline.Outcome.FAILED
 
     order.refresh_from_db()
     assert order.failure_reason.startswith("Gave up after 1 attempts")
@@ -179,10 +179,10 @@ def test_an_order_that_keeps_getting_claimed_is_failed_at_the_attempt_limit(cust
     order = place(customer, (product(), 1))
     fault(order, "charge", "transient", times=10)
     for _ in range(2):
-        with pytest.raises(services.TransientOrderError):
-            services.process_order(order.pk, task_id="task-1")
+        with pytest.raises(pipeline.TransientOrderError):
+            pipeline.process_order(order.pk, task_id="task-1")
 
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.FAILED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
     order.refresh_from_db()
     assert order.failure_reason.startswith("Gave up after 3 attempts")
 
@@ -191,8 +191,8 @@ def test_two_orders_for_the_last_unit_one_completes_and_the_other_fails_before_a
     last = product(stock=1)
     first, second = place(customer, (last, 1)), place(customer, (last, 1))
 
-    assert services.process_order(first.pk, task_id="task-1") == services.Outcome.COMPLETED
-    assert services.process_order(second.pk, task_id="task-2") == services.Outcome.FAILED
+    assert pipeline.process_order(first.pk, task_id="task-1") == pipeline.Outcome.COMPLETED
+    assert pipeline.process_order(second.pk, task_id="task-2") == pipeline.Outcome.FAILED
 
     second.refresh_from_db()
     assert second.failure_reason.startswith(f"Out of stock: not enough {last.sku}")
@@ -203,28 +203,28 @@ def test_two_orders_for_the_last_unit_one_completes_and_the_other_fails_before_a
 def test_cancelling_a_pending_order_needs_no_worker(customer) -> None:
     order = place(customer, (product(), 1))
 
-    services.cancel_order(order.pk, customer_id=customer.pk)
+    actions.cancel_order(order.pk, customer_id=customer.pk)
 
     order.refresh_from_db()
     assert order.status == "cancelled"
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.SKIPPED
 
 
 def test_cancelling_after_the_reservation_releases_the_stock_and_stops_the_task(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 2))
     fault(order, "charge", "transient")
-    with pytest.raises(services.TransientOrderError):
-        services.process_order(order.pk, task_id="task-1")
+    with pytest.raises(pipeline.TransientOrderError):
+        pipeline.process_order(order.pk, task_id="task-1")
     # The transient error struck before the gateway call recorded anything; drop the intent too,
     # to stand for a task that is between its reservation and its charge.
     Payment.objects.filter(order=order).delete()
     assert stock_of(mug) == 3
 
-    services.cancel_order(order.pk, customer_id=customer.pk)
+    actions.cancel_order(order.pk, customer_id=customer.pk)
 
     assert stock_of(mug) == 5
-    assert services.process_order(order.pk, task_id="task-1") == services.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.SKIPPED
     order.refresh_from_db()
     assert order.status == "cancelled" and ledger(order) == []
 
@@ -232,12 +232,12 @@ def test_cancelling_after_the_reservation_releases_the_stock_and_stops_the_task(
 def test_a_running_task_stops_at_the_next_step_boundary_when_the_order_is_cancelled(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 2))
-    services._claim(order.pk, "task-1")
-    services._reserve_stock(order, list(order.lines.all()), "task-1")
-    services.cancel_order(order.pk, customer_id=customer.pk)
+    pipeline.claim(order.pk, "task-1")
+    pipeline.reserve_stock(order, list(order.lines.all()), "task-1")
+    actions.cancel_order(order.pk, customer_id=customer.pk)
 
-    with pytest.raises(services._Stop):
-        services._charge(order, "task-1")
+    with pytest.raises(pipeline.Stopped):
+        pipeline.charge(order, "task-1")
 
     assert ledger(order) == [] and not order.payments.exists()
     assert stock_of(mug) == 5
@@ -246,11 +246,11 @@ def test_a_running_task_stops_at_the_next_step_boundary_when_the_order_is_cancel
 def test_cancelling_is_refused_once_the_payment_is_under_way(customer) -> None:
     order = place(customer, (product(), 1))
     fault(order, "charge", "transient")
-    with pytest.raises(services.TransientOrderError):
-        services.process_order(order.pk, task_id="task-1")  # the intent is recorded; the gateway call timed out
+    with pytest.raises(pipeline.TransientOrderError):
+        pipeline.process_order(order.pk, task_id="task-1")  # the intent is recorded; the gateway call timed out
 
-    with pytest.raises(services.CancelRefused, match="payment has already been taken"):
-        services.cancel_order(order.pk, customer_id=customer.pk)
+    with pytest.raises(actions.CancelRefused, match="payment has already been taken"):
+        actions.cancel_order(order.pk, customer_id=customer.pk)
 
 
 @pytest.mark.parametrize("status", ["completed", "failed"])
@@ -258,26 +258,26 @@ def test_cancelling_a_finished_order_is_refused_with_the_reason(customer, status
     order = place(customer, (product(), 1))
     Order.objects.filter(pk=order.pk).update(status=status)
 
-    with pytest.raises(services.CancelRefused, match=f"already {status}"):
-        services.cancel_order(order.pk, customer_id=customer.pk)
+    with pytest.raises(actions.CancelRefused, match=f"already {status}"):
+        actions.cancel_order(order.pk, customer_id=customer.pk)
 
 
 def test_a_customer_cannot_cancel_someone_elses_order(customer, staff) -> None:
     order = place(staff, (product(), 1))
 
     with pytest.raises(Order.DoesNotExist):
-        services.cancel_order(order.pk, customer_id=customer.pk)
+        actions.cancel_order(order.pk, customer_id=customer.pk)
 
 
 def test_replaying_a_failed_order_starts_over_with_fresh_payment_keys(customer, staff) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 1))
     fault(order, "charge", "decline")
-    services.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, task_id="task-1")
 
-    assert services.retry_failed_order(order.pk, actor_id=staff.pk) is True
-    assert services.retry_failed_order(order.pk, actor_id=staff.pk) is False  # no longer failed
-    assert services.process_order(order.pk, task_id="task-2") == services.Outcome.COMPLETED
+    assert actions.retry_failed_order(order.pk, actor_id=staff.pk) is True
+    assert actions.retry_failed_order(order.pk, actor_id=staff.pk) is False  # no longer failed
+    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.COMPLETED
 
     order.refresh_from_db()
     assert (order.status, order.replays, order.failure_reason) == ("completed", 1, "")
@@ -301,8 +301,8 @@ def test_the_sweep_resends_old_pending_orders_and_expired_leases_once_per_thresh
     )
     Order.objects.filter(pk=live.pk).update(status="processing", lease_expires_at=timezone.now() + timedelta(minutes=1))
 
-    assert services.requeue_stuck_orders() == 2
-    assert services.requeue_stuck_orders() == 0  # re-sent moments ago
+    assert actions.requeue_stuck_orders() == 2
+    assert actions.requeue_stuck_orders() == 0  # re-sent moments ago
 
     messages = [json.loads(raw) for raw in broker.lrange("default", 0, -1)]
     assert {m["headers"]["task"] for m in messages} == {"orders.tasks.process_order"}
@@ -313,18 +313,18 @@ def test_the_sweep_resends_old_pending_orders_and_expired_leases_once_per_thresh
 def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, settings) -> None:
     settings.ORDER_LEASE_TIMEOUT = timedelta(minutes=2)
     order = place(customer, (product(), 1))
-    claimed = services._claim(order.pk, "task-1")
+    claimed = pipeline.claim(order.pk, "task-1")
     lines = list(claimed.lines.all())
     first_lease = claimed.lease_expires_at
 
-    services._reserve_stock(claimed, lines, "task-1")
+    pipeline.reserve_stock(claimed, lines, "task-1")
     reserved = Order.objects.get(pk=order.pk)
     assert (reserved.step, reserved.lease_expires_at) == ("reserved", first_lease)  # plenty left: untouched
 
     nearly_gone = timezone.now() + timedelta(seconds=30)
     Order.objects.filter(pk=order.pk).update(lease_expires_at=nearly_gone)
     claimed.lease_expires_at = nearly_gone
-    services._charge(claimed, "task-1")
+    pipeline.charge(claimed, "task-1")
     charged = Order.objects.get(pk=order.pk)
     assert charged.step == "charged"
     assert charged.lease_expires_at > timezone.now() + timedelta(seconds=90)
@@ -336,7 +336,7 @@ def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_
     order = place(customer, (product(), 1))
 
     with django_assert_num_queries(1):
-        claimed = services._claim(order.pk, "task-1")
+        claimed = pipeline.claim(order.pk, "task-1")
         assert claimed.customer.email == customer.email  # loaded with the claim, no query of its own
 
     saved = Order.objects.get(pk=order.pk)
@@ -347,11 +347,11 @@ def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_
     events = list(OrderEvent.objects.filter(order=order).values_list("kind", "task_id", "message"))
     assert events == [("attempt", "task-1", "attempt 1")]
 
-    assert services._claim(order.pk, "task-2") is None  # leased to task-1
+    assert pipeline.claim(order.pk, "task-2") is None  # leased to task-1
     assert OrderEvent.objects.filter(order=order).count() == 1
 
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    again = services._claim(order.pk, "task-2")
+    again = pipeline.claim(order.pk, "task-2")
     assert (again.lease_owner, again.attempts) == ("task-2", 2)
     assert OrderEvent.objects.filter(order=order).latest("id").message == "attempt 2"
 
@@ -360,19 +360,19 @@ def test_the_charge_intent_is_one_statement_made_only_while_the_lease_holds(
     customer, django_assert_num_queries
 ) -> None:
     order = place(customer, (product(), 1))
-    claimed = services._claim(order.pk, "task-1")
+    claimed = pipeline.claim(order.pk, "task-1")
 
     with django_assert_num_queries(1):
-        intent = services._open_charge(claimed, "task-1", "key-1")
+        intent = pipeline.open_charge(claimed, "task-1", "key-1")
     assert Payment.objects.get().pk == intent.pk and intent.status == "pending"
-    assert services._open_charge(claimed, "task-1", "key-1").pk == intent.pk  # a retry reuses it
+    assert pipeline.open_charge(claimed, "task-1", "key-1").pk == intent.pk  # a retry reuses it
 
     Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
-    with pytest.raises(services._Stop):
-        services._open_charge(claimed, "task-1", "key-2")
+    with pytest.raises(pipeline.Stopped):
+        pipeline.open_charge(claimed, "task-1", "key-2")
     Order.objects.filter(pk=order.pk).update(lease_owner="task-1", status="cancelled")
-    with pytest.raises(services._Stop) as stopped:
-        services._open_charge(claimed, "task-1", "key-2")
+    with pytest.raises(pipeline.Stopped) as stopped:
+        pipeline.open_charge(claimed, "task-1", "key-2")
     assert stopped.value.outcome == "cancelled"
     assert Payment.objects.count() == 1
 
@@ -381,12 +381,12 @@ def test_a_successful_charge_is_recorded_with_its_checkpoint_in_one_statement(
     customer, django_assert_num_queries
 ) -> None:
     order = place(customer, (product(), 1))
-    claimed = services._claim(order.pk, "task-1")
-    services._reserve_stock(claimed, list(claimed.lines.all()), "task-1")
-    intent = services._open_charge(claimed, "task-1", "key-1")
+    claimed = pipeline.claim(order.pk, "task-1")
+    pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
+    intent = pipeline.open_charge(claimed, "task-1", "key-1")
 
     with django_assert_num_queries(1):
-        services._record_charge(claimed, intent, "task-1", "ref-1")
+        pipeline.record_charge(claimed, intent, "task-1", "ref-1")
 
     payment, saved = Payment.objects.get(), Order.objects.get(pk=order.pk)
     assert (payment.status, payment.provider_reference, payment.attempts) == ("succeeded", "ref-1", 1)
@@ -396,13 +396,13 @@ def test_a_successful_charge_is_recorded_with_its_checkpoint_in_one_statement(
 
 def test_a_charge_is_not_recorded_by_a_task_that_lost_the_lease(customer) -> None:
     order = place(customer, (product(), 1))
-    claimed = services._claim(order.pk, "task-1")
-    services._reserve_stock(claimed, list(claimed.lines.all()), "task-1")
-    intent = services._open_charge(claimed, "task-1", "key-1")
+    claimed = pipeline.claim(order.pk, "task-1")
+    pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
+    intent = pipeline.open_charge(claimed, "task-1", "key-1")
     Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
 
-    with pytest.raises(services._Stop):
-        services._record_charge(claimed, intent, "task-1", "ref-1")
+    with pytest.raises(pipeline.Stopped):
+        pipeline.record_charge(claimed, intent, "task-1", "ref-1")
 
     assert Payment.objects.get().status == "pending"  # the new holder charges again with the same key
     assert Order.objects.get(pk=order.pk).step == "reserved"

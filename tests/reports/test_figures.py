@@ -12,8 +12,8 @@ import pytest
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from reports import services
 from reports.models import Report
+from reports.services import generation, periods, requesting
 from tests.reports.helpers import Sale, expected_figures, make_sales
 
 pytestmark = pytest.mark.django_db
@@ -49,8 +49,8 @@ def _auckland(settings) -> None:
 
 def run(kind: str, start: date, end: date, slice_days: int, settings) -> Report:
     settings.REPORT_SLICE_DAYS = slice_days
-    report = services.request_report(kind=kind, start=start, end=end, enqueue=False)
-    return services.generate_report_inline(report.pk)
+    report = requesting.request_report(kind=kind, start=start, end=end, enqueue=False)
+    return generation.generate_report_inline(report.pk)
 
 
 @pytest.mark.parametrize(
@@ -120,13 +120,13 @@ def test_regenerating_a_period_replaces_the_report_and_its_files(settings, djang
     first = run("monthly", date(2025, 11, 1), date(2025, 11, 30), slice_days=7, settings=settings)
     old_files = (first.csv_file.name, first.chart.name)
 
-    again = services.request_report(kind="monthly", start=date(2025, 11, 1), end=date(2025, 11, 30), enqueue=False)
+    again = requesting.request_report(kind="monthly", start=date(2025, 11, 1), end=date(2025, 11, 30), enqueue=False)
     assert (again.pk, again.status) == (first.pk, "done")  # asking again is idempotent
 
     with django_capture_on_commit_callbacks(execute=True):
         Report.objects.filter(pk=first.pk).update(status="failed")  # regenerate without a worker: not enqueued
-        services.request_report(kind="monthly", start=date(2025, 11, 1), end=date(2025, 11, 30), enqueue=False)
-        second = services.generate_report_inline(first.pk)
+        requesting.request_report(kind="monthly", start=date(2025, 11, 1), end=date(2025, 11, 30), enqueue=False)
+        second = generation.generate_report_inline(first.pk)
 
     assert Report.objects.filter(kind="monthly").count() == 1
     assert second.summary == first.summary
@@ -140,9 +140,9 @@ def test_a_report_that_cannot_be_written_fails_with_the_error_and_no_file(settin
     blocker.write_text("")
     settings.MEDIA_ROOT = str(blocker / "media")  # no directory can be made under a file, not even by root
 
-    report = services.request_report(kind="monthly", start=date(2025, 11, 1), end=date(2025, 11, 30), enqueue=False)
+    report = requesting.request_report(kind="monthly", start=date(2025, 11, 1), end=date(2025, 11, 30), enqueue=False)
     with pytest.raises(OSError):
-        services.generate_report_inline(report.pk)
+        generation.generate_report_inline(report.pk)
 
     report.refresh_from_db()
     assert report.status == "failed"
@@ -161,24 +161,24 @@ def test_a_report_that_cannot_be_written_fails_with_the_error_and_no_file(settin
 def test_bad_periods_are_rejected_with_the_reason_and_nothing_is_saved(
     start: date, end: date, field: str, message: str
 ) -> None:
-    with pytest.raises(services.ReportRejected) as rejected:
-        services.request_report(kind="custom", start=start, end=end)
+    with pytest.raises(periods.ReportRejected) as rejected:
+        requesting.request_report(kind="custom", start=start, end=end)
     assert message in " ".join(rejected.value.errors[field])
     assert not Report.objects.exists()
 
 
 def test_the_scheduled_reports_cover_the_previous_day_iso_week_and_month() -> None:
     today = date(2026, 11, 2)  # a Monday
-    assert services.previous_period("daily", today) == (date(2026, 11, 1), date(2026, 11, 1))
-    assert services.previous_period("weekly", today) == (date(2026, 10, 26), date(2026, 11, 1))
-    assert services.previous_period("monthly", today) == (date(2026, 10, 1), date(2026, 10, 31))
-    assert services.previous_period("monthly", date(2026, 3, 1)) == (date(2026, 2, 1), date(2026, 2, 28))
+    assert periods.previous_period("daily", today) == (date(2026, 11, 1), date(2026, 11, 1))
+    assert periods.previous_period("weekly", today) == (date(2026, 10, 26), date(2026, 11, 1))
+    assert periods.previous_period("monthly", today) == (date(2026, 10, 1), date(2026, 10, 31))
+    assert periods.previous_period("monthly", date(2026, 3, 1)) == (date(2026, 2, 1), date(2026, 2, 28))
 
 
 def test_a_scheduled_report_is_idempotent_for_its_period(django_capture_on_commit_callbacks, broker) -> None:
     with django_capture_on_commit_callbacks(execute=True):
-        first = services.schedule_report("daily", today=date(2026, 11, 2))
-        second = services.schedule_report("daily", today=date(2026, 11, 2))
+        first = requesting.schedule_report("daily", today=date(2026, 11, 2))
+        second = requesting.schedule_report("daily", today=date(2026, 11, 2))
     assert first.pk == second.pk
     assert Report.objects.count() == 1
     assert broker.llen("low_priority") == 1  # sent once
@@ -189,10 +189,10 @@ def test_a_finished_report_tells_the_staff_member_who_asked(settings, staff) -> 
 
     make_sales(SALES)
     settings.REPORT_SLICE_DAYS = 7
-    report = services.request_report(
+    report = requesting.request_report(
         kind="custom", start=date(2025, 11, 1), end=date(2025, 11, 30), requested_by_id=staff.pk, enqueue=False
     )
-    services.generate_report_inline(report.pk)
+    generation.generate_report_inline(report.pk)
 
     notification = Notification.objects.get(kind="report_ready")
     assert notification.recipient == staff.email

@@ -12,8 +12,8 @@ from django.test import Client
 from django_celery_results.models import TaskResult
 
 from orders.seeding import seed_orders
-from reports import services
 from reports.models import Report
+from reports.services import generation, requesting
 from tests.reports.helpers import Sale, expected_figures, make_sales
 from tests.support.processes import wait_for
 
@@ -50,11 +50,11 @@ def test_a_chord_on_real_workers_gives_the_figures_of_one_slice_and_moves_progre
         10, 0.05, "the chord callback's result",
     )  # fmt: skip
 
-    single = services.request_report(kind="custom", start=date(2025, 3, 1), end=date(2025, 3, 31), enqueue=False)
+    single = requesting.request_report(kind="custom", start=date(2025, 3, 1), end=date(2025, 3, 31), enqueue=False)
     from django.test import override_settings
 
     with override_settings(REPORT_SLICE_DAYS=31):
-        single = services.generate_report_inline(single.pk)
+        single = generation.generate_report_inline(single.pk)
     assert single.summary == report.summary
     assert report.summary["order_count"] > 15_000
 
@@ -101,7 +101,7 @@ def test_a_failing_slice_marks_the_report_failed_and_presents_no_file(start_work
     blocker.write_text("")
     start_worker_process(REPORT_SLICE_DAYS="3", MEDIA_ROOT=str(blocker / "media"))
     with transaction.atomic():
-        report = services.request_report(kind="custom", start=date(2025, 5, 1), end=date(2025, 5, 10))
+        report = requesting.request_report(kind="custom", start=date(2025, 5, 1), end=date(2025, 5, 10))
 
     wait_for(lambda: Report.objects.get(pk=report.pk).status == "failed", 60, 0.2, "the report to fail")
     report.refresh_from_db()

@@ -11,8 +11,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from reports import services
 from reports.models import Report
+from reports.services import generation, requesting
 from tests.reports.helpers import Sale, make_sales
 
 pytestmark = pytest.mark.django_db
@@ -28,8 +28,8 @@ def staff_client(staff) -> Client:
 @pytest.fixture
 def done_report(settings) -> Report:
     make_sales([Sale(datetime(2025, 6, 3, 12, tzinfo=ZoneInfo("UTC")), "completed", (("MUG", 2, 10),))])
-    report = services.request_report(kind="custom", start=date(2025, 6, 1), end=date(2025, 6, 30), enqueue=False)
-    return services.generate_report_inline(report.pk)
+    report = requesting.request_report(kind="custom", start=date(2025, 6, 1), end=date(2025, 6, 30), enqueue=False)
+    return generation.generate_report_inline(report.pk)
 
 
 def test_staff_see_the_list_the_page_the_json_and_download_the_files(staff_client, done_report) -> None:

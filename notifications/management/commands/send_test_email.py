@@ -6,8 +6,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from notifications import services
 from notifications.models import Notification
+from notifications.services import outbox
 
 
 class Command(BaseCommand):
@@ -23,7 +23,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, address: str, timeout: float, no_wait: bool, **options: Any) -> None:
         try:
-            notification = services.queue_test_email(address)
+            notification = outbox.queue_test_email(address)
         except ValidationError as exc:
             raise CommandError(" ".join(exc.message_dict["recipient"])) from None
         self.stdout.write(f"Queued test email {notification.pk} to {notification.recipient}.")

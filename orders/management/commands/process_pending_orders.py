@@ -9,8 +9,8 @@ from django.db.models import Q
 from django.utils import timezone
 from tqdm import tqdm
 
-from orders import services
 from orders.models import Order
+from orders.services import actions, pipeline
 
 
 class Command(BaseCommand):
@@ -31,14 +31,14 @@ class Command(BaseCommand):
             self.stdout.write("No pending orders.")
             return
         if not sync:
-            sent = sum(services.requeue_order(pk) for pk in ids)
+            sent = sum(actions.requeue_order(pk) for pk in ids)
             self.stdout.write(self.style.SUCCESS(f"Sent {sent} order(s) to the workers."))
             return
         outcomes: Counter[str] = Counter()
         for pk in tqdm(ids, unit="order", file=self.stderr, disable=options["verbosity"] == 0):
             try:
-                outcomes[services.process_order(pk, task_id=f"sync-{uuid.uuid4()}").value] += 1
-            except services.TransientOrderError as exc:
+                outcomes[pipeline.process_order(pk, task_id=f"sync-{uuid.uuid4()}").value] += 1
+            except pipeline.TransientOrderError as exc:
                 outcomes["will retry"] += 1
                 self.stderr.write(f"order {pk}: {exc} (left for the sweep to retry)")
         summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))

@@ -8,8 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import reverse
 from django.utils import timezone
 
-from reports import services
 from reports.models import Report
+from reports.services import files, generation, periods, requesting
 
 
 def parse_date(value: str, option: str) -> date:
@@ -44,21 +44,21 @@ class Command(BaseCommand):
             if start or end:
                 raise CommandError(f"A {kind} report takes --date, not --start/--end.")
             if date:
-                first, last = services.period_containing(kind, parse_date(date, "--date"))
+                first, last = periods.period_containing(kind, parse_date(date, "--date"))
             else:
-                first, last = services.previous_period(kind, timezone.localdate())
+                first, last = periods.previous_period(kind, timezone.localdate())
         try:
-            report = services.request_report(kind=kind, start=first, end=last, regenerate=True, enqueue=not sync)
+            report = requesting.request_report(kind=kind, start=first, end=last, regenerate=True, enqueue=not sync)
             if sync:
-                report = services.generate_report_inline(report.pk)
-        except services.ReportRejected as exc:
+                report = generation.generate_report_inline(report.pk)
+        except periods.ReportRejected as exc:
             raise CommandError(" ".join(m for messages in exc.errors.values() for m in messages)) from None
         except Exception as exc:  # the report is marked failed with the same error
             raise CommandError(f"The report failed: {type(exc).__name__}: {exc}") from exc
         if sync:
             self.stdout.write(self.style.SUCCESS(f"{report} is done: revenue {report.summary['revenue']}."))
-            self.stdout.write(f"CSV:   {services.file_path(report.csv_file.name)}")
-            self.stdout.write(f"Chart: {services.file_path(report.chart.name)}")
+            self.stdout.write(f"CSV:   {files.file_path(report.csv_file.name)}")
+            self.stdout.write(f"Chart: {files.file_path(report.chart.name)}")
         else:
             url = settings.SITE_URL + reverse("reports:detail", args=[report.pk])
             self.stdout.write(

@@ -1,0 +1,272 @@
+"""The outbox: every email is a row before it is a task; queue one, send it once, resend or cancel it."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from core import dispatch
+from notifications import mailer, ratelimit
+from notifications.models import Campaign, Notification
+from notifications.services.messages import build_message, describe_smtp_error, is_transient
+from ops import inserts
+
+logger = logging.getLogger(__name__)
+
+Status = Notification.Status
+# Other apps name the kind of the emails they queue through here.
+Kind = Notification.Kind
+
+
+# Password reset links are worthless if they arrive late; do not send them after this.
+PASSWORD_RESET_EMAIL_LIFETIME = timedelta(hours=1)
+
+
+class TransientSendError(Exception):
+    """The mail server could not be reached or answered 4xx; try again later."""
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SKIPPED = "skipped"  # final already, or another task holds it
+    MISSING = "missing"  # no such notification
+    THROTTLED = "throttled"  # the rate limit is spent; re-scheduled
+
+
+def queue_email(
+    *,
+    kind: str,
+    recipient: str,
+    subject: str,
+    body_text: str,
+    dedup_key: str,
+    body_html: str = "",
+    user_id: int | None = None,
+    headers: dict[str, str] | None = None,
+    expires_at: datetime | None = None,
+    subject_object: str = "",
+) -> Notification:
+    """Create an outbox row in the caller's transaction and send it after commit.
+
+    The same dedup_key twice returns the first row and sends nothing new.
+    Raises ValidationError for an invalid recipient address.
+    """
+    recipient = recipient.strip()
+    try:
+        validate_email(recipient)
+    except ValidationError:
+        raise ValidationError({"recipient": [f"{recipient!r} is not a valid email address."]}) from None
+    fields = {
+        "kind": kind, "recipient": recipient, "subject": subject[:255], "body_text": body_text,
+        "body_html": body_html, "user_id": user_id, "headers": headers or {}, "expires_at": expires_at,
+        "subject_object": subject_object,
+    }  # fmt: skip
+    notification = Notification(dedup_key=dedup_key, **fields)
+    # Insert first and look only on a conflict: a new message (the usual case)
+    # is one INSERT ... ON CONFLICT DO NOTHING, without a SELECT or a savepoint.
+    if not inserts.insert_unless_exists(notification, "dedup_key"):
+        return Notification.objects.get(dedup_key=dedup_key)
+    send_later(notification.pk, expires_at, on_commit=True)
+    return notification
+
+
+def queue_password_reset(*, recipient: str, user_id: int, subject: str, body_text: str, body_html: str = "") -> None:
+    """Password reset emails go through the outbox too; web never talks SMTP."""
+    key = hashlib.sha256(f"{user_id}:{body_text}".encode()).hexdigest()[:32]
+    queue_email(
+        kind=Kind.PASSWORD_RESET, recipient=recipient, user_id=user_id, subject=subject, body_text=body_text,
+        body_html=body_html, dedup_key=f"password_reset:{user_id}:{key}",
+        expires_at=timezone.now() + PASSWORD_RESET_EMAIL_LIFETIME,
+    )  # fmt: skip
+
+
+def queue_test_email(recipient: str) -> Notification:
+    """A test message, to check the mail set-up end to end (manage.py send_test_email)."""
+    now = timezone.now()
+    return queue_email(
+        kind=Kind.TEST, recipient=recipient, subject="Test email from the shop back office",
+        body_text=render_to_string("notifications/email/test.txt", {"now": now, "settings": settings}),
+        dedup_key=f"test:{recipient}:{now.isoformat()}",
+    )  # fmt: skip
+
+
+def send_later(
+    notification_id: int,
+    expires: datetime | None,
+    *,
+    on_commit: bool = False,
+    countdown: float | None = None,
+    task_id: str | None = None,
+) -> None:
+    """Send the send_notification task, after the commit with `on_commit`; a broker outage leaves it to the sweep.
+
+    `expires` is the row's expires_at: time-sensitive messages also expire on the
+    broker, so a backlog drops them.
+    """
+    if on_commit:
+        dispatch.send_on_commit(
+            "notifications.tasks.send_notification", [notification_id], expires=expires, task_id=task_id
+        )
+    else:
+        dispatch.send(
+            "notifications.tasks.send_notification",
+            [notification_id],
+            expires=expires,
+            countdown=countdown,
+            task_id=task_id,
+        )
+
+
+def send_notification(notification_id: int, *, task_id: str, last_attempt: bool = False, retry_in: int = 0) -> Outcome:
+    """Send one queued email, once. Raises TransientSendError when the caller should retry."""
+    notification = Notification.objects.filter(pk=notification_id).first()
+    if notification is None:
+        logger.warning("notification %s does not exist (deleted or a bad id): nothing to send", notification_id)
+        return Outcome.MISSING
+    if notification.status in Notification.FINAL_STATUSES:
+        return Outcome.SKIPPED
+    if expire_if_late(notification):
+        return Outcome.EXPIRED
+    limit = rate_limit()
+    if limit is not None:
+        grant = ratelimit.take("email", 1, limit)
+        if not grant.granted:
+            send_later(notification_id, notification.expires_at, countdown=grant.wait)
+            return Outcome.THROTTLED
+    if not claim(Notification.objects.filter(pk=notification_id), task_id):
+        return Outcome.SKIPPED
+    # No re-read after the claim: it changes only status and lease fields, and
+    # the message's content (what build_message reads) never changes.
+    try:
+        mailer.send(build_message(notification))
+    except Exception as exc:  # classified just below; anything unknown is a permanent failure
+        error = describe_smtp_error(exc)
+        if is_transient(exc) and not last_attempt:
+            hold_for_retry([notification.pk], task_id, retry_in, error)
+            raise TransientSendError(error) from exc
+        finish([notification.pk], task_id, Status.FAILED, error=error)
+        logger.error("notification %s failed (task %s): %s", notification_id, task_id, error)
+        return Outcome.FAILED
+    finish([notification.pk], task_id, Status.SENT)
+    logger.info("notification %s sent to %s (task %s)", notification_id, notification.recipient, task_id)
+    return Outcome.SENT
+
+
+def rate_limit() -> ratelimit.RateLimit | None:
+    return ratelimit.RateLimit(*settings.EMAIL_RATE_LIMIT) if settings.EMAIL_RATE_LIMIT else None
+
+
+def claimable(now: datetime, task_id: str = "") -> Q:
+    """Rows a task may take: queued and free (or held for this task's own retry), or abandoned mid-send.
+
+    A row being sent is never claimable while its lease is live, not even by the
+    same task id: two deliveries of one message running at once must not both
+    talk to the mail server. A task that hits a transient error puts its rows
+    back to queued, still leased to itself, so its retry takes them back.
+    """
+    free = Q(lease_owner="") | Q(lease_expires_at__lt=now)
+    if task_id:
+        free |= Q(lease_owner=task_id)
+    return Q(status=Status.QUEUED) & free | Q(status=Status.SENDING, lease_expires_at__lt=now)
+
+
+def claim(rows: QuerySet[Notification], task_id: str) -> int:
+    now = timezone.now()
+    return rows.filter(claimable(now, task_id)).update(
+        status=Status.SENDING, lease_owner=task_id, lease_expires_at=now + settings.NOTIFICATION_LEASE_TIMEOUT,
+        attempts=F("attempts") + 1, task_id=task_id, updated_at=now,
+    )  # fmt: skip
+
+
+def expire_if_late(notification: Notification) -> bool:
+    if notification.expires_at is None or notification.expires_at > timezone.now():
+        return False
+    Notification.objects.filter(claimable(timezone.now()), pk=notification.pk).update(
+        status=Status.EXPIRED, last_error="Expired before it could be sent.", updated_at=timezone.now()
+    )
+    logger.info("notification %s expired at %s, not sent", notification.pk, notification.expires_at)
+    return True
+
+
+def finish(ids: list[int], task_id: str, status: str, *, error: str = "") -> None:
+    now = timezone.now()
+    Notification.objects.filter(pk__in=ids, lease_owner=task_id, status=Status.SENDING).update(
+        status=status, sent_at=now if status == Status.SENT else None, last_error=error,
+        lease_owner="", lease_expires_at=None, updated_at=now,
+    )  # fmt: skip
+
+
+def hold_for_retry(ids: list[int], task_id: str, retry_in: int, error: str) -> None:
+    """Put the rows back to queued, leased to this task through the retry's countdown, for that retry to take."""
+    until = timezone.now() + timedelta(seconds=retry_in) + settings.NOTIFICATION_LEASE_TIMEOUT
+    Notification.objects.filter(pk__in=ids, lease_owner=task_id, status=Status.SENDING).update(
+        status=Status.QUEUED, last_error=error, lease_expires_at=until, updated_at=timezone.now()
+    )
+    logger.warning("notifications %s: task %s will retry in %ss: %s", ids, task_id, retry_in, error)
+
+
+def resend(notification_id: int, task_id: str | None = None) -> bool:
+    """Send a failed email again (staff action). False when it is not failed."""
+    with transaction.atomic():
+        notification = Notification.objects.select_for_update().filter(pk=notification_id, status=Status.FAILED).first()
+        if notification is None:
+            return False
+        Notification.objects.filter(pk=notification_id).update(
+            status=Status.QUEUED, lease_owner="", lease_expires_at=None, updated_at=timezone.now()
+        )
+        if notification.campaign_id:
+            # The row leaves "failed", so the campaign's count does too; a finished campaign sends again.
+            Campaign.objects.filter(pk=notification.campaign_id).update(failed=F("failed") - 1)
+            Campaign.objects.filter(pk=notification.campaign_id, status=Campaign.Status.DONE).update(
+                status=Campaign.Status.SENDING, finished_at=None
+            )
+        _send_again(notification, task_id)
+    return True
+
+
+def _send_again(notification: Notification, task_id: str | None = None) -> None:
+    """Send a row's task again after the commit: bulk rows as a one-row chunk, which stays on low_priority."""
+    pk = notification.pk
+    if notification.kind == Kind.CAMPAIGN:
+        dispatch.send_on_commit(
+            "notifications.tasks.send_campaign_chunk", [notification.campaign_id, pk, pk], task_id=task_id
+        )
+    elif notification.kind == Kind.DIGEST:
+        dispatch.send_on_commit("notifications.tasks.send_digest_chunk", [pk, pk], task_id=task_id)
+    else:
+        send_later(pk, notification.expires_at, on_commit=True, task_id=task_id)
+
+
+def retry_sending(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+    """Retry a send_notification task from its result (ops' "Retry"): resend a failed email, or send a stuck one."""
+    notification_id = kwargs.get("notification_id", args[0] if args else None)
+    notification = Notification.objects.filter(pk=notification_id).first()
+    if notification is None:
+        raise ValueError(f"notification {notification_id} does not exist")
+    if notification.status == Status.FAILED:
+        resend(notification.pk, task_id=task_id)
+    elif Notification.objects.filter(claimable(timezone.now()), pk=notification.pk).exists():
+        send_later(notification.pk, notification.expires_at, on_commit=True, task_id=task_id)
+    else:
+        raise ValueError(f"notification {notification.pk} is {notification.status}; nothing to retry")
+
+
+def cancel_queued(notification_id: int) -> bool:
+    """Cancel an email that has not gone out yet (staff action). False when it is not queued."""
+    return bool(
+        Notification.objects.filter(pk=notification_id, status=Status.QUEUED).update(
+            status=Status.CANCELLED, last_error="Cancelled by staff.", updated_at=timezone.now()
+        )
+    )

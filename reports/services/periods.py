@@ -1,0 +1,74 @@
+"""Report periods: daily, weekly (ISO, Monday to Sunday), monthly and custom, and the rules a period keeps."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.utils import timezone
+
+from reports.models import Report
+
+Kind = Report.Kind
+
+
+class ReportRejected(Exception):
+    """The requested period is not acceptable; `errors` maps fields to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+def period_containing(kind: str, day: date) -> tuple[date, date]:
+    """The daily, weekly (ISO, Monday to Sunday) or monthly period that contains `day`."""
+    if kind == Kind.DAILY:
+        return day, day
+    if kind == Kind.WEEKLY:
+        monday = day - timedelta(days=day.weekday())
+        return monday, monday + timedelta(days=6)
+    if kind == Kind.MONTHLY:
+        first = day.replace(day=1)
+        next_first = (first + timedelta(days=32)).replace(day=1)
+        return first, next_first - timedelta(days=1)
+    raise ValueError(f"{kind!r} has no fixed period")
+
+
+def previous_period(kind: str, today: date) -> tuple[date, date]:
+    """Yesterday, last ISO week or last month, as beat asks for them."""
+    if kind == Kind.DAILY:
+        return period_containing(kind, today - timedelta(days=1))
+    if kind == Kind.WEEKLY:
+        return period_containing(kind, today - timedelta(days=7))
+    return period_containing(kind, today.replace(day=1) - timedelta(days=1))
+
+
+def validate_period(start: date, end: date, *, today: date | None = None) -> None:
+    today = today or timezone.localdate()
+    errors: dict[str, list[str]] = {}
+    if start > today:
+        errors["start"] = ["The start cannot be in the future."]
+    if end < start:
+        errors["end"] = ["The end is before the start."]
+    elif (end - start).days + 1 > settings.REPORT_MAX_RANGE_DAYS:
+        errors["end"] = [f"A report covers at most {settings.REPORT_MAX_RANGE_DAYS} days."]
+    if errors:
+        raise ReportRejected(errors)
+
+
+def slices(start: date, end: date, days: int) -> list[tuple[date, date]]:
+    """Consecutive inclusive (start, end) slices of at most `days` days covering the period."""
+    result = []
+    while start <= end:
+        last = min(end, start + timedelta(days=days - 1))
+        result.append((start, last))
+        start = last + timedelta(days=1)
+    return result
+
+
+def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    zone = ZoneInfo(settings.TIME_ZONE)
+    return datetime.combine(start, time.min, tzinfo=zone), datetime.combine(
+        end + timedelta(days=1), time.min, tzinfo=zone
+    )

@@ -1,0 +1,85 @@
+"""Asking for a report: create it (or find the scheduled one for its period) and generate it after the commit."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from core import dispatch
+from reports.models import Report
+from reports.services.periods import ReportRejected, period_containing, previous_period, validate_period
+
+Kind = Report.Kind
+Status = Report.Status
+
+
+def request_report(
+    *, kind: str, start: date, end: date, requested_by_id: int | None = None, regenerate: bool = False,
+    enqueue: bool = True,
+) -> Report:  # fmt: skip
+    """Create the report for a period (or find the scheduled one) and generate it after commit.
+
+    A scheduled period has one report: asking again returns it, and only a failed
+    one (or `regenerate=True`) is generated again, replacing its files.
+    """
+    validate_period(start, end)
+    with transaction.atomic():
+        if kind == Kind.CUSTOM:
+            report = Report.objects.create(
+                kind=kind, period_start=start, period_end=end, requested_by_id=requested_by_id
+            )
+            created = True
+        else:
+            if (start, end) != period_containing(kind, start):
+                raise ReportRejected({"start": [f"{start}–{end} is not a {kind} period."]})
+            try:
+                with transaction.atomic():
+                    report, created = Report.objects.get_or_create(
+                        kind=kind, period_start=start, period_end=end, defaults={"requested_by_id": requested_by_id}
+                    )
+            except IntegrityError:  # created concurrently
+                report, created = Report.objects.get(kind=kind, period_start=start, period_end=end), False
+            report = Report.objects.select_for_update().get(pk=report.pk)
+        if not created:
+            busy = report.status in (Status.PENDING, Status.RUNNING)
+            if busy or (report.status == Status.DONE and not regenerate):
+                return report
+            report.status, report.progress, report.error = Status.PENDING, 0, ""
+            if requested_by_id:
+                report.requested_by_id = requested_by_id
+            report.save(update_fields=["status", "progress", "error", "requested_by"])
+        if enqueue:
+            dispatch.send_on_commit("reports.tasks.generate_report", [report.pk])
+    return report
+
+
+def schedule_report(kind: str, *, today: date | None = None) -> Report:
+    """The beat entry point: the report for the previous day, week or month (idempotent per period)."""
+    start, end = previous_period(kind, today or timezone.localdate())
+    return request_report(kind=kind, start=start, end=end)
+
+
+def regenerate(report_id: int, *, requested_by_id: int | None = None, task_id: str | None = None) -> Report:
+    """Generate a report again, replacing its files (admin action)."""
+    with transaction.atomic():
+        report = Report.objects.select_for_update().get(pk=report_id)
+        if report.status in (Status.PENDING, Status.RUNNING):
+            return report
+        report.status, report.progress, report.error = Status.PENDING, 0, ""
+        if requested_by_id:
+            report.requested_by_id = requested_by_id
+        report.save(update_fields=["status", "progress", "error", "requested_by"])
+        dispatch.send_on_commit("reports.tasks.generate_report", [report.pk], task_id=task_id)
+    return report
+
+
+def retry_generation(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+    """Retry a generate_report task from its result (ops' "Retry"): generate the report again."""
+    report_id = kwargs.get("report_id", args[0] if args else None)
+    report = Report.objects.filter(pk=report_id).first()
+    if report is None:
+        raise ValueError(f"report {report_id} does not exist")
+    if regenerate(report.pk, requested_by_id=actor_id, task_id=task_id).status != Status.PENDING:
+        raise ValueError(f"{report} is being generated right now")
