@@ -25,7 +25,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db.models import F
 
-from ops import inserts
+from core.db import insert_unless_exists
 from orders.models import SandboxFault, SandboxLedgerEntry
 from orders.providers import PermanentProviderError, ProviderResult, TransientProviderError
 
@@ -71,7 +71,7 @@ def _record(kind: str, idempotency_key: str, reference: str, amount: Decimal, **
     entry = SandboxLedgerEntry(kind=kind, idempotency_key=idempotency_key, reference=reference, amount=amount, **extra)
     # Insert first, read only on a conflict: the usual new charge is one statement.
     # A conflict is a retry, or a concurrent call that won the insert.
-    if not inserts.insert_unless_exists(entry, "idempotency_key"):
+    if not insert_unless_exists(entry):
         entry = SandboxLedgerEntry.objects.get(idempotency_key=idempotency_key)
     if entry.kind != kind or entry.amount != amount:
         raise PermanentProviderError(f"idempotency key {idempotency_key} was used for a different request")

@@ -29,6 +29,8 @@ def django_db_setup(django_db_setup: None, django_db_blocker) -> Iterator[None]:
     a PostgreSQL session behind for a moment, and DROP DATABASE refuses while one exists.
     """
     yield
+    if connection.vendor != "postgresql":
+        return  # SQLite's test database lives in memory
     if connection.settings_dict["NAME"] == urlsplit(os.environ["DATABASE_URL"]).path.lstrip("/"):
         return  # no test database was created in this run
     with django_db_blocker.unblock(), connection.cursor() as cursor:

@@ -16,10 +16,10 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from core import dispatch
+from core.db import insert_unless_exists
 from notifications import mailer, ratelimit
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
-from ops import inserts
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def queue_email(
     notification = Notification(dedup_key=dedup_key, **fields)
     # Insert first and look only on a conflict: a new message (the usual case)
     # is one INSERT ... ON CONFLICT DO NOTHING, without a SELECT or a savepoint.
-    if not inserts.insert_unless_exists(notification, "dedup_key"):
+    if not insert_unless_exists(notification):
         return Notification.objects.get(dedup_key=dedup_key)
     send_later(notification.pk, expires_at, on_commit=True)
     return notification

@@ -15,17 +15,17 @@ an order costs.
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Field, Model, Q, QuerySet
+from django.db import DatabaseError, IntegrityError, OperationalError, transaction
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from ops import inserts
+from core.db import fetch_rows, insert_unless_exists, instance_from_row
+from orders import sql
 from orders.models import Order, OrderEvent, OrderLine, Payment, Product
 from orders.providers import PermanentProviderError, TransientProviderError, carrier, payment_gateway
 from orders.services import emails
@@ -107,13 +107,12 @@ def _run_steps(order: Order, lines: list[OrderLine], task_id: str) -> None:
 def claim(order_id: int, task_id: str) -> Order | None:
     """Take the order's lease: pending, or processing with our own or an expired lease. None if someone else holds it.
 
-    One statement (atomic by itself, so no BEGIN or COMMIT): the conditional
-    UPDATE, the ATTEMPT history entry, and the claimed order with its customer
-    (who is emailed at the end). The ORM needs an UPDATE, a SELECT, an INSERT
-    and a COMMIT for the same, and this runs for every order.
+    Records the attempt in the order's history and returns the order with the
+    customer fields its emails use: one statement on PostgreSQL
+    (orders.sql.CLAIM_ORDER), one transaction with the ORM elsewhere.
     """
     now = timezone.now()
-    claim = _claim_in_one_statement if inserts.single_statements() else _claim_with_orm
+    claim = _claim_in_one_statement if sql.in_one_statement() else _claim_with_orm
     order = claim(order_id, task_id, now)
     if order is None:
         logger.info("order %s not claimed by task %s: final, missing, or leased to another task", order_id, task_id)
@@ -121,22 +120,16 @@ def claim(order_id: int, task_id: str) -> Order | None:
 
 
 def _claim_in_one_statement(order_id: int, task_id: str, now: datetime) -> Order | None:
-    sql, event_fields = _claim_sql()
-    event = OrderEvent(kind=OrderEvent.Kind.ATTEMPT, task_id=task_id, created_at=now)
-    params = [Status.PROCESSING, task_id, now + settings.ORDER_LEASE_TIMEOUT, now]
-    params += [order_id, Status.PENDING, Status.PROCESSING, task_id, now]
-    params += inserts.values_of(event, event_fields)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    order_fields, customer_model = Order._meta.concrete_fields, Order._meta.get_field("customer").related_model
-    order = Order.from_db(connection.alias, [field.attname for field in order_fields], row[: len(order_fields)])
-    customer_fields = customer_model._meta.concrete_fields
-    order.customer = customer_model.from_db(
-        connection.alias, [field.attname for field in customer_fields], row[len(order_fields) :]
+    rows = fetch_rows(
+        sql.CLAIM_ORDER,
+        {"order_id": order_id, "task_id": task_id, "now": now, "lease_expires_at": now + settings.ORDER_LEASE_TIMEOUT},
     )
+    if not rows:
+        return None
+    [row] = rows
+    order = instance_from_row(Order, row)
+    customer = {name.removeprefix("customer__"): value for name, value in row.items() if name.startswith("customer__")}
+    order.customer = instance_from_row(Order.customer.field.related_model, {"id": order.customer_id, **customer})
     return order
 
 
@@ -166,34 +159,6 @@ def _claim_with_orm(order_id: int, task_id: str, now: datetime) -> Order | None:
     return order
 
 
-@functools.cache
-def _claim_sql() -> tuple[str, list[Field]]:
-    """The statement of claim, and the history entry's fields its last parameters fill."""
-    quote = connection.ops.quote_name
-    column = {name: quote(Order._meta.get_field(name).column) for name in (
-        "status", "lease_owner", "lease_expires_at", "attempts", "updated_at", "customer", "id"
-    )}  # fmt: skip
-    customer_model = Order._meta.get_field("customer").related_model
-    event_fields = inserts.fields_of(OrderEvent, without=("order", "message"))
-    event_columns = [quote(OrderEvent._meta.get_field(name).column) for name in ("order", "message")]
-    sql = (
-        f"WITH claimed AS (UPDATE {quote(Order._meta.db_table)} SET {column['status']} = %s, "  # noqa: S608
-        f"{column['lease_owner']} = %s, {column['lease_expires_at']} = %s, "
-        f"{column['attempts']} = {column['attempts']} + 1, {column['updated_at']} = %s "
-        f"WHERE {column['id']} = %s AND ({column['status']} = %s OR ({column['status']} = %s "
-        f"AND ({column['lease_owner']} = %s OR {column['lease_expires_at']} < %s))) "
-        f"RETURNING {', '.join(quote(field.column) for field in Order._meta.concrete_fields)}), "
-        f"attempt AS (INSERT INTO {quote(OrderEvent._meta.db_table)} "
-        f"({', '.join(event_columns)}, {inserts.columns(event_fields)}) "
-        f"SELECT {column['id']}, 'attempt ' || {column['attempts']}, {inserts.placeholders(len(event_fields))} "
-        f"FROM claimed) "
-        f"SELECT claimed.*, {', '.join('customer.' + quote(field.column) for field in customer_model._meta.concrete_fields)} "
-        f"FROM claimed JOIN {quote(customer_model._meta.db_table)} customer "
-        f"ON customer.{quote(customer_model._meta.pk.column)} = claimed.{column['customer']}"
-    )
-    return sql, event_fields
-
-
 def _lock_for_step(order: Order, task_id: str) -> Order:
     """Lock the order row; stop if it was cancelled or our lease was taken over (the compensation path)."""
     locked = Order.objects.select_for_update().get(pk=order.pk)
@@ -212,6 +177,10 @@ def _leased(order: Order, task_id: str) -> QuerySet[Order]:
     return Order.objects.filter(pk=order.pk, status=Status.PROCESSING, lease_owner=task_id)
 
 
+# The forward steps prove the lease and record the checkpoint in one conditional
+# UPDATE instead of SELECT ... FOR UPDATE followed by an UPDATE: the UPDATE takes
+# the same row lock (a cancel waits for the step's transaction, and the other way
+# round). Only when it matches nothing is the row read, to find out why.
 def _advance(order: Order, task_id: str, step: Step, *, after: Step | None = None, **fields: object) -> bool:
     """Record `step` as finished and renew the lease, while the order is ours and at the step before.
 
@@ -305,85 +274,29 @@ def open_charge(order: Order, task_id: str, key: str) -> Payment:
     """The charge intent, inserted while the order is ours, or the one an earlier attempt left.
 
     The intent is committed before the gateway is called; once it exists the
-    order can no longer be cancelled, and a retry reuses its key. The INSERT
-    selects from the order row FOR UPDATE, so proving the lease, taking the row
-    lock a cancel also takes, and creating the intent are one statement. Only
-    this step creates charge rows, so insert-or-read cannot race.
+    order can no longer be cancelled, and a retry reuses its key. Proving the
+    lease takes the order's row lock, which a cancel takes too, so the two
+    cannot cross. Only this step creates charge rows.
     """
     payment = Payment(order=order, kind=Payment.Kind.CHARGE, amount=order.total, idempotency_key=key, task_id=task_id)
-    if _lease_renewal(order, timezone.now()) or not inserts.single_statements():  # the general path
-        with transaction.atomic():
-            _renew_lease(order, task_id)
-            if not inserts.insert_unless_exists(payment, "idempotency_key"):
-                payment = Payment.objects.get(idempotency_key=key)
-        return payment
-    if inserts.insert_unless_exists(payment, "idempotency_key", guard=_lease_guard(order, task_id)):
-        return payment
-    _stop_unless_leased(Order.objects.get(pk=order.pk), task_id)  # raises when the lease is gone
-    return Payment.objects.get(idempotency_key=key)
-
-
-def _lease_guard(order: Order, task_id: str) -> tuple[str, list[object]]:
-    """FROM ... WHERE ... FOR UPDATE: the order row while it is processing and leased to `task_id`."""
-    return _lease_guard_sql(), [order.pk, Status.PROCESSING, task_id]
-
-
-@functools.cache
-def _lease_guard_sql() -> str:
-    quote = connection.ops.quote_name
-    column = {name: quote(Order._meta.get_field(name).column) for name in ("id", "status", "lease_owner")}
-    return (
-        f"FROM {quote(Order._meta.db_table)} WHERE {column['id']} = %s AND {column['status']} = %s "
-        f"AND {column['lease_owner']} = %s FOR UPDATE"
-    )
+    with transaction.atomic():
+        _renew_lease(order, task_id)
+        if not insert_unless_exists(payment):
+            payment = Payment.objects.get(idempotency_key=key)
+    return payment
 
 
 def record_charge(order: Order, payment: Payment, task_id: str, reference: str) -> None:
-    """Checkpoint 'charged' and record the successful payment, in one statement when the order is at 'reserved'.
+    """Record the successful charge on its intent, then checkpoint 'charged'.
 
-    An UPDATE of the order in a CTE, and the payment's UPDATE only if that one
-    matched: no BEGIN, no COMMIT, and one round trip instead of four. When the
-    order is not where this task left it, or on SQLite, the general path runs.
+    In this order and without a transaction around them: the payment says what
+    the gateway did even when this task lost its lease meanwhile (the new holder
+    then finds the charge succeeded and does not call the gateway again), and a
+    crash between the two leaves the order at 'reserved', whose retry finds the
+    succeeded payment and only moves the checkpoint.
     """
-    now = timezone.now()
-    changes = {"step": Step.CHARGED, "updated_at": now, **_lease_renewal(order, now)}
-    recorded = {"status": Payment.Status.SUCCEEDED, "error": "", "provider_reference": reference, "task_id": task_id}
-    row = None
-    if inserts.single_statements():
-        params = [*changes.values(), order.pk, Status.PROCESSING, task_id, Step.RESERVED, *recorded.values(), now]
-        with connection.cursor() as cursor:
-            cursor.execute(_record_charge_sql(tuple(changes), tuple(recorded)), [*params, payment.pk])
-            row = cursor.fetchone()
-    if row is None:
-        with transaction.atomic():
-            _advance(order, task_id, Step.CHARGED)  # raises Stopped, or finds a duplicate delivery got here first
-            _record_payment(payment, Payment.Status.SUCCEEDED, task_id, reference=reference)
-        return
-    for name, value in changes.items():
-        setattr(order, name, value)
-    for name, value in recorded.items():
-        setattr(payment, name, value)
-    payment.attempts, payment.updated_at = row[0], now
-
-
-@functools.cache
-def _record_charge_sql(order_changes: tuple[str, ...], payment_changes: tuple[str, ...]) -> str:
-    """The statement of record_charge for these changed order and payment fields (the lease renewal varies)."""
-    quote = connection.ops.quote_name
-
-    def assignments(model: type[Model], names: tuple[str, ...]) -> str:
-        return ", ".join(f"{quote(model._meta.get_field(name).column)} = %s" for name in names)
-
-    order_column = {name: quote(Order._meta.get_field(name).column) for name in ("id", "status", "lease_owner", "step")}
-    attempts, updated_at = (quote(Payment._meta.get_field(name).column) for name in ("attempts", "updated_at"))
-    return (
-        f"WITH advanced AS (UPDATE {quote(Order._meta.db_table)} SET {assignments(Order, order_changes)} "  # noqa: S608
-        f"WHERE {order_column['id']} = %s AND {order_column['status']} = %s AND {order_column['lease_owner']} = %s "
-        f"AND {order_column['step']} = %s RETURNING 1) "
-        f"UPDATE {quote(Payment._meta.db_table)} SET {assignments(Payment, payment_changes)}, "
-        f"{attempts} = {attempts} + 1, {updated_at} = %s "
-        f"WHERE {quote(Payment._meta.pk.column)} = %s AND EXISTS (SELECT 1 FROM advanced) RETURNING {attempts}"
-    )
+    _record_payment(payment, Payment.Status.SUCCEEDED, task_id, reference=reference)
+    _advance(order, task_id, Step.CHARGED)
 
 
 def _record_payment(payment: Payment, status: str, task_id: str, *, error: str = "", reference: str = "") -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -12,10 +11,10 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Field
 
 from core import dispatch
-from ops import inserts
+from core.db import fetch_rows, instance_from_row
+from orders import sql
 from orders.models import Order, OrderLine, Product
 
 logger = logging.getLogger(__name__)
@@ -81,41 +80,37 @@ def place_order(*, customer_id: int, lines: Sequence[LineRequest], idempotency_k
 
 
 def _insert_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]:
-    """Check the lines against the catalogue and save the order with them, in one statement; [] if a line failed.
+    """Check the lines against the catalogue and save the order with them (orders.sql.INSERT_ORDER); [] if one failed.
 
-    Placing an order is the hot path of POST /api/orders/. Done the usual way it
-    is a SELECT of the products, then BEGIN, INSERT order, INSERT lines, COMMIT.
-    Here a data-modifying CTE (see ops.inserts) joins the requested lines to the
-    products with enough stock, prices them, and inserts the order and its lines
-    only when every line matched. One statement is atomic by itself (outside a
-    transaction it needs no BEGIN or COMMIT), so this is one round trip. The
-    stock is read, not reserved: the pipeline reserves it.
+    Nothing is written unless every line names a product with enough stock.
     """
-    if not inserts.single_statements():
+    if not sql.in_one_statement():
         return _create_order(order, lines)
-    sql, order_fields = _insert_order_sql(len(lines))
-    params: list[object] = []
-    for position, line in enumerate(lines):
-        params += [position, line.sku, line.quantity]
-    params += inserts.values_of(order, order_fields)
-    params.append(len(lines))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    order.updated_at = order.created_at
+    rows = fetch_rows(
+        sql.INSERT_ORDER,
+        {
+            "skus": [line.sku for line in lines],
+            "quantities": [line.quantity for line in lines],
+            "line_count": len(lines),
+            "customer_id": order.customer_id,
+            "now": order.created_at,
+            "idempotency_key": order.idempotency_key,
+            "request_fingerprint": order.request_fingerprint,
+        },
+    )
     if not rows:
         return []
-    order_lines = []
-    for line_id, order_id, product_id, quantity, unit_price in rows:
-        line = OrderLine(order_id=order_id, product_id=product_id, quantity=quantity, unit_price=unit_price)
-        inserts.mark_saved(line, line_id)
-        order_lines.append(line)
+    order_lines = [instance_from_row(OrderLine, row) for row in rows]
+    # The statement saved the order with the model's defaults, as `order` holds them.
+    order.pk = rows[0]["order_id"]
     order.total = sum((line.unit_price * line.quantity for line in order_lines), Decimal("0.00"))
-    inserts.mark_saved(order, rows[0][1])
+    order._state.adding, order._state.db = False, connection.alias
     return order_lines
 
 
 def _create_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]:
-    """_insert_order with the ORM, for databases without data-modifying CTEs (SQLite): raises OrderRejected."""
+    """_insert_order with the ORM, for SQLite (no data-modifying CTEs); raises OrderRejected for a wrong line."""
     products = validate_lines(lines)
     order.total = sum((products[line.sku].price * line.quantity for line in lines), Decimal("0.00"))
     order_lines = [
@@ -126,33 +121,6 @@ def _create_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]
         order.save(force_insert=True)
         OrderLine.objects.bulk_create(order_lines)
     return order_lines
-
-
-@functools.cache
-def _insert_order_sql(line_count: int) -> tuple[str, list[Field]]:
-    """The statement of _insert_order for this many lines, and the order fields its parameters fill."""
-    quote = connection.ops.quote_name
-    product = {name: quote(Product._meta.get_field(name).column) for name in ("sku", "stock", "price")}
-    order_fields = inserts.fields_of(Order, without=("total",))
-    line_columns = [quote(OrderLine._meta.get_field(name).column) for name in ("order", "product", "quantity")]
-    line_columns.append(quote(OrderLine._meta.get_field("unit_price").column))
-    values = ", ".join(["(%s::integer, %s, %s::integer)"] * line_count)
-    sql = (
-        f"WITH wanted (position, sku, quantity) AS (VALUES {values}), "  # noqa: S608
-        f"priced AS (SELECT wanted.position, product.{quote(Product._meta.pk.column)} AS product_id, "
-        f"wanted.quantity, product.{product['price']} AS price "
-        f"FROM wanted JOIN {quote(Product._meta.db_table)} product ON product.{product['sku']} = wanted.sku "
-        f"AND product.{product['stock']} >= wanted.quantity), "
-        f"new_order AS (INSERT INTO {quote(Order._meta.db_table)} "
-        f"({inserts.columns(order_fields)}, {quote(Order._meta.get_field('total').column)}) "
-        f"SELECT {inserts.placeholders(len(order_fields))}, (SELECT sum(price * quantity) FROM priced) "
-        f"WHERE (SELECT count(*) FROM priced) = %s RETURNING {quote(Order._meta.pk.column)}) "
-        f"INSERT INTO {quote(OrderLine._meta.db_table)} ({', '.join(line_columns)}) "
-        f"SELECT new_order.{quote(Order._meta.pk.column)}, priced.product_id, priced.quantity, priced.price "
-        f"FROM new_order, priced ORDER BY priced.position "
-        f"RETURNING {quote(OrderLine._meta.pk.column)}, {', '.join(line_columns)}"
-    )
-    return sql, order_fields
 
 
 def _well_formed(lines: Sequence[LineRequest]) -> bool:

@@ -21,7 +21,8 @@ from tests.orders.helpers import place, product
 from tests.support.broker import messages_in, queue_keys
 from tests.support.smtp import body_text
 
-pytestmark = pytest.mark.django_db
+# Service tests: bin/test runs them on PostgreSQL and again on SQLite, the embedded default.
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded_db]
 
 
 def test_the_bucket_grants_its_burst_then_says_how_long_to_wait() -> None:

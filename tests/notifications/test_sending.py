@@ -17,7 +17,8 @@ from tests.notifications.helpers import transactional
 from tests.orders.helpers import place, product
 from tests.support.smtp import body_html, body_text
 
-pytestmark = pytest.mark.django_db
+# Service tests: bin/test runs them on PostgreSQL and again on SQLite, the embedded default.
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded_db]
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,8 @@ from reports.models import Report
 from reports.services import generation, periods, requesting
 from tests.reports.helpers import Sale, expected_figures, make_sales
 
-pytestmark = pytest.mark.django_db
+# Service tests: bin/test runs them on PostgreSQL and again on SQLite, the embedded default.
+pytestmark = [pytest.mark.django_db, pytest.mark.embedded_db]
 
 ZONE = "Pacific/Auckland"  # UTC+13 in October and November: local days differ from UTC days
 NZ = ZoneInfo(ZONE)
