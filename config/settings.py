@@ -198,7 +198,7 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"task_context": {"()": "ops.logging.TaskContextFilter"}},
+    "filters": {"task_context": {"()": "core.logging.TaskContextFilter"}},
     "formatters": {
         "standard": {
             "format": "%(asctime)s %(levelname)-7s %(processName)s %(name)s %(task_ref)s%(message)s",

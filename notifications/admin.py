@@ -11,10 +11,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from core.admin_links import task_id_html, task_result_links
 from notifications.forms import CampaignForm
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services import campaigns, outbox
-from ops.links import task_id_html, task_result_links
 
 
 @admin.register(Notification)

@@ -28,7 +28,7 @@ from django.core.mail import EmailMessage, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 
-from ops.sockets import is_quiet
+from core.sockets import is_quiet
 
 _local = threading.local()
 

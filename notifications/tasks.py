@@ -6,11 +6,11 @@ high_priority; campaigns, the digest and cleanup on low_priority.
 
 from __future__ import annotations
 
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 
+from core.base_task import ProjectTask
 from notifications.services import bulk, campaigns, digest, outbox, sweeps
-from ops.retry import retry_countdown
 
 EMAIL_RETRY_POLICY = {
     "max_retries": settings.EMAIL_MAX_RETRIES,
@@ -21,47 +21,48 @@ EMAIL_RETRY_POLICY = {
 
 
 @shared_task(
-    bind=True, name="notifications.tasks.send_notification", soft_time_limit=60, time_limit=90,
-    subject=("notifications.Notification", "notification_id"), retry_with="notifications.services.outbox.retry_sending",
+    bind=True,
+    name="notifications.tasks.send_notification",
+    soft_time_limit=60,
+    time_limit=90,
+    subject=("notifications.Notification", "notification_id"),
+    retry_with="notifications.services.outbox.retry_sending",
     **EMAIL_RETRY_POLICY,
-)  # fmt: skip
-def send_notification(self: Task, notification_id: int) -> str:
+)
+def send_notification(self: ProjectTask, notification_id: int) -> str:
     """Send one queued email once; retry SMTP and connection errors with backoff."""
-    countdown = retry_countdown(self)
-    try:
-        outcome = outbox.send_notification(
-            notification_id, task_id=self.request.id, last_attempt=self.request.retries >= self.max_retries,
-            retry_in=countdown,
-        )  # fmt: skip
-    except outbox.TransientSendError as exc:
-        raise self.retry(exc=exc, countdown=countdown) from exc
-    return outcome.value
+    return self.call_service(outbox.send_notification, notification_id).value
 
 
 @shared_task(
-    bind=True, name="notifications.tasks.launch_campaign", soft_time_limit=600, time_limit=660,
+    bind=True,
+    name="notifications.tasks.launch_campaign",
+    soft_time_limit=600,
+    time_limit=660,
     subject=("notifications.Campaign", "campaign_id"),
-)  # fmt: skip
-def launch_campaign(self: Task, campaign_id: int) -> int:
+)
+def launch_campaign(self: ProjectTask, campaign_id: int) -> int:
     """Write the campaign's outbox rows and fan out its chunks as a group."""
     return campaigns.launch_campaign(campaign_id, task_id=self.request.id)
 
 
 @shared_task(
-    bind=True, name="notifications.tasks.send_campaign_chunk", soft_time_limit=240, time_limit=300,
-    subject=("notifications.Campaign", "campaign_id"), **EMAIL_RETRY_POLICY,
-)  # fmt: skip
-def send_campaign_chunk(self: Task, campaign_id: int, first_id: int, last_id: int) -> dict:
+    bind=True,
+    name="notifications.tasks.send_campaign_chunk",
+    soft_time_limit=240,
+    time_limit=300,
+    subject=("notifications.Campaign", "campaign_id"),
+    **EMAIL_RETRY_POLICY,
+)
+def send_campaign_chunk(self: ProjectTask, campaign_id: int, first_id: int, last_id: int) -> dict:
     """Send one chunk of a campaign over one SMTP connection, reporting progress."""
-    countdown = retry_countdown(self)
-    try:
-        result = campaigns.send_campaign_chunk(
-            campaign_id, first_id, last_id, task_id=self.request.id,
-            last_attempt=self.request.retries >= self.max_retries, retry_in=countdown,
-            progress=lambda meta: self.update_state(state="PROGRESS", meta=meta),
-        )  # fmt: skip
-    except outbox.TransientSendError as exc:
-        raise self.retry(exc=exc, countdown=countdown) from exc
+    result = self.call_service(
+        campaigns.send_campaign_chunk,
+        campaign_id,
+        first_id,
+        last_id,
+        progress=lambda meta: self.update_state(state="PROGRESS", meta=meta),
+    )
     return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
 
 
@@ -72,19 +73,15 @@ def send_weekly_digest() -> int:
 
 
 @shared_task(
-    bind=True, name="notifications.tasks.send_digest_chunk", soft_time_limit=240, time_limit=300,
+    bind=True,
+    name="notifications.tasks.send_digest_chunk",
+    soft_time_limit=240,
+    time_limit=300,
     **EMAIL_RETRY_POLICY,
-)  # fmt: skip
-def send_digest_chunk(self: Task, first_id: int, last_id: int) -> dict:
+)
+def send_digest_chunk(self: ProjectTask, first_id: int, last_id: int) -> dict:
     """Send one chunk of digest messages over one SMTP connection."""
-    countdown = retry_countdown(self)
-    try:
-        result = bulk.send_digest_chunk(
-            first_id, last_id, task_id=self.request.id,
-            last_attempt=self.request.retries >= self.max_retries, retry_in=countdown,
-        )  # fmt: skip
-    except outbox.TransientSendError as exc:
-        raise self.retry(exc=exc, countdown=countdown) from exc
+    result = self.call_service(bulk.send_digest_chunk, first_id, last_id)
     return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
 
 

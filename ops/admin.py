@@ -22,6 +22,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from django_celery_results import admin as results_admin
 from django_celery_results.models import TaskResult
 
+from core.errors import FieldErrors
 from ops import catalog, runs, schedule_info
 from ops.models import BeatHeartbeat, TaskRun
 from ops.publish import recorded_arguments
@@ -70,7 +71,7 @@ class ProjectPeriodicTaskForm(beat_admin.PeriodicTaskForm):
         args, kwargs = json.loads(data.get("args") or "[]"), json.loads(data.get("kwargs") or "{}")
         try:
             catalog.validate(data.get("task") or "", args, kwargs, data.get("queue") or None)
-        except catalog.InvalidInvocation as exc:
+        except FieldErrors as exc:
             for field, problems in exc.errors.items():
                 for problem in problems:
                     self.add_error(field, problem)
@@ -143,7 +144,7 @@ class ProjectPeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
         for task in queryset:
             try:
                 sent.append(runs.run_periodic_task_now(task, user=request.user).task_id)
-            except catalog.InvalidInvocation as exc:
+            except FieldErrors as exc:
                 self.message_user(request, f"{task.name}: {exc}", messages.ERROR)
         if sent:
             self.message_user(
@@ -276,7 +277,7 @@ class ProjectTaskResultAdmin(results_admin.TaskResultAdmin):
         for result in queryset:
             try:
                 sent.append(runs.retry_result(result, user=request.user).task_id)
-            except (runs.RetryRefused, catalog.InvalidInvocation) as exc:
+            except (runs.RetryRefused, FieldErrors) as exc:
                 self.message_user(request, f"Not retried: {exc}", messages.ERROR)
         if sent:
             self.message_user(

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db.models import Model
 
 from config import celery_app
+from core.errors import FieldErrors
 
 # Celery's own task that beat installs when result_expires is set; staff may edit its schedule.
 BUILTIN_PERIODIC_TASKS = ("celery.backend_cleanup",)
@@ -33,14 +34,6 @@ def queue_names() -> list[str]:
     return [queue.name for queue in settings.CELERY_TASK_QUEUES]
 
 
-class InvalidInvocation(Exception):
-    """The task name, arguments or queue are wrong; `errors` maps fields to messages."""
-
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__("; ".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items()))
-        self.errors = errors
-
-
 @dataclass(frozen=True)
 class Invocation:
     task: Task
@@ -50,7 +43,7 @@ class Invocation:
 
 
 def parse_json_arguments(args_text: str | None, kwargs_text: str | None) -> tuple[Any, Any]:
-    """Parse --args/--kwargs style JSON text; raise InvalidInvocation naming the field."""
+    """Parse --args/--kwargs style JSON text; raise FieldErrors naming the field."""
     errors: dict[str, list[str]] = {}
     parsed = []
     for field, text, default in (("args", args_text, []), ("kwargs", kwargs_text, {})):
@@ -60,7 +53,7 @@ def parse_json_arguments(args_text: str | None, kwargs_text: str | None) -> tupl
             errors[field] = [f"Not valid JSON: {exc}."]
             parsed.append(default)
     if errors:
-        raise InvalidInvocation(errors)
+        raise FieldErrors(errors)
     return parsed[0], parsed[1]
 
 
@@ -82,31 +75,40 @@ def validate(name: str, args: Any, kwargs: Any, queue: str | None = None) -> Inv
     if queue and queue not in queue_names():
         errors["queue"] = [f"{queue!r} is not a queue; use one of {', '.join(queue_names())}."]
     if errors:
-        raise InvalidInvocation(errors)
+        raise FieldErrors(errors)
     return Invocation(task=task, args=args, kwargs=kwargs, queue=queue or None)
+
+
+def subject_id(task: Task | None, args: Any, kwargs: Any) -> Any:
+    """The id of the domain object a task works on, bound from its arguments by its `subject` declaration.
+
+    A task declares subject=("orders.Order", "order_id"); this binds the call's
+    arguments to the task's signature and returns that argument, or None when
+    the task declares no subject or the arguments do not fit.
+    """
+    declared = getattr(task, "subject", None)
+    if not declared:
+        return None
+    try:
+        bound = inspect.signature(task.run).bind(*(args or ()), **(kwargs or {}))
+    except TypeError:
+        return None
+    return bound.arguments.get(declared[1])
 
 
 def subject_of(task_name: str, args: list, kwargs: dict) -> Model | None:
     """The domain object a task works on (order, notification, report...), from its `subject` declaration."""
     task = celery_app.tasks.get(task_name)
-    declared = getattr(task, "subject", None)
-    if not declared:
+    pk = subject_id(task, args, kwargs)
+    if pk is None:
         return None
-    label, argument = declared
     try:
-        pk = inspect.signature(task.run).bind(*args, **kwargs).arguments[argument]
-        return apps.get_model(label).objects.filter(pk=pk).first()
-    except (TypeError, KeyError, ValueError, LookupError):
+        return apps.get_model(task.subject[0]).objects.filter(pk=pk).first()
+    except (ValueError, LookupError):
         return None
 
 
 def subject_ref(task: Task, args: Any, kwargs: Any) -> str:
     """'orders.Order:42' for a task that declares its subject, else '-' (no database access, for logs)."""
-    declared = getattr(task, "subject", None)
-    if not declared:
-        return "-"
-    label, argument = declared
-    try:
-        return f"{label}:{inspect.signature(task.run).bind(*(args or ()), **(kwargs or {})).arguments[argument]}"
-    except (TypeError, KeyError):
-        return "-"
+    pk = subject_id(task, args, kwargs)
+    return "-" if pk is None else f"{task.subject[0]}:{pk}"

@@ -17,6 +17,7 @@ from django.utils.module_loading import import_string
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
+from core.errors import FieldErrors, Refused
 from ops import catalog
 from ops.models import TaskRun
 from ops.publish import recorded_arguments
@@ -62,11 +63,11 @@ def run_task(
     name: str, args: Any, kwargs: Any, *, queue: str | None = None, countdown: float | None = None,
     user: Any = None, source: str = TaskRun.Source.COMMAND,
 ) -> TaskRun:  # fmt: skip
-    """Validate and send a task by name; raises InvalidInvocation or PermissionDenied."""
+    """Validate and send a task by name; raises FieldErrors or PermissionDenied."""
     require_permission(user)
     invocation = catalog.validate(name, args, kwargs, queue)
     if countdown is not None and countdown < 0:
-        raise catalog.InvalidInvocation({"countdown": ["The countdown cannot be negative."]})
+        raise FieldErrors({"countdown": ["The countdown cannot be negative."]})
     task_id = str(uuid.uuid4())
     options = _send(invocation, task_id=task_id, countdown=countdown)
     return TaskRun.objects.create(
@@ -115,8 +116,9 @@ def retry_result(result: TaskResult, *, user: Any) -> TaskRun:
     with transaction.atomic():
         if service:
             try:
-                import_string(service)(args, kwargs, actor_id=getattr(user, "pk", None), task_id=task_id)
-            except ValueError as exc:
+                subject_id = catalog.subject_id(invocation.task, args, kwargs)
+                import_string(service)(subject_id, actor_id=getattr(user, "pk", None), task_id=task_id)
+            except Refused as exc:
                 raise RetryRefused(f"{result.task_id}: {exc}") from None
             options = {"through": service}
         else:

@@ -11,8 +11,8 @@ from celery import Task, signals
 from django.db import close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from core.sockets import is_quiet
 from ops.catalog import subject_ref
-from ops.sockets import is_quiet
 
 logger = logging.getLogger("ops.tasks")
 _started: dict[str, float] = {}

@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from ops.links import task_id_html, task_result_links
+from core.admin_links import task_id_html, task_result_links
 from orders.models import Order, OrderEvent, OrderLine, Payment, Product, SandboxFault, SandboxLedgerEntry
 from orders.services import actions
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from django import forms
 from django.conf import settings
 
+from core.errors import FieldErrors
 from orders.models import Product
 from orders.services.placing import LineRequest
 
@@ -15,31 +16,23 @@ MAX_SKU_LENGTH = 64
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
-class RequestInvalid(Exception):
-    """The request's shape or types are wrong; `errors` maps field paths to messages."""
-
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__(errors)
-        self.errors = errors
-
-
 def parse_order_request(body: bytes) -> list[LineRequest]:
-    """Turn a POST /api/orders/ body into line requests, or raise RequestInvalid with field errors."""
+    """Turn a POST /api/orders/ body into line requests, or raise FieldErrors with field errors."""
     if len(body) > settings.ORDER_MAX_BODY_BYTES:
-        raise RequestInvalid({"body": [f"The request body is larger than {settings.ORDER_MAX_BODY_BYTES} bytes."]})
+        raise FieldErrors({"body": [f"The request body is larger than {settings.ORDER_MAX_BODY_BYTES} bytes."]})
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestInvalid({"body": [f"The body is not valid JSON: {exc}"]}) from None
+        raise FieldErrors({"body": [f"The body is not valid JSON: {exc}"]}) from None
     if not isinstance(data, dict):
-        raise RequestInvalid({"body": ['Expected a JSON object like {"lines": [{"sku": "...", "quantity": 1}]}.']})
+        raise FieldErrors({"body": ['Expected a JSON object like {"lines": [{"sku": "...", "quantity": 1}]}.']})
     raw_lines = data.get("lines")
     if raw_lines is None:
-        raise RequestInvalid({"lines": ["This field is required."]})
+        raise FieldErrors({"lines": ["This field is required."]})
     if not isinstance(raw_lines, list):
-        raise RequestInvalid({"lines": ["Expected a list of {sku, quantity} objects."]})
+        raise FieldErrors({"lines": ["Expected a list of {sku, quantity} objects."]})
     if len(raw_lines) > settings.ORDER_MAX_LINES:
-        raise RequestInvalid({"lines": [f"An order can have at most {settings.ORDER_MAX_LINES} lines."]})
+        raise FieldErrors({"lines": [f"An order can have at most {settings.ORDER_MAX_LINES} lines."]})
     errors: dict[str, list[str]] = {}
     lines = []
     for index, raw in enumerate(raw_lines):
@@ -56,7 +49,7 @@ def parse_order_request(body: bytes) -> list[LineRequest]:
         if f"lines.{index}.sku" not in errors and f"lines.{index}.quantity" not in errors:
             lines.append(LineRequest(sku=sku.strip(), quantity=quantity))
     if errors:
-        raise RequestInvalid(errors)
+        raise FieldErrors(errors)
     return lines
 
 
@@ -64,7 +57,7 @@ def clean_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
     if not value or len(value) > MAX_IDEMPOTENCY_KEY_LENGTH or not value.isprintable():
-        raise RequestInvalid(
+        raise FieldErrors(
             {"Idempotency-Key": [f"Use 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters, e.g. a UUID."]}
         )
     return value

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 
-from ops.retry import retry_countdown
+from core.base_task import ProjectTask
 from orders.services import actions, pipeline
 
 
@@ -21,19 +21,9 @@ from orders.services import actions, pipeline
     subject=("orders.Order", "order_id"),
     retry_with="orders.services.actions.retry_processing",
 )
-def process_order(self: Task, order_id: int) -> str:
+def process_order(self: ProjectTask, order_id: int) -> str:
     """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step."""
-    countdown = retry_countdown(self)
-    try:
-        outcome = pipeline.process_order(
-            order_id,
-            task_id=self.request.id,
-            last_attempt=self.request.retries >= self.max_retries,
-            retry_in=countdown,
-        )
-    except pipeline.TransientOrderError as exc:
-        raise self.retry(exc=exc, countdown=countdown) from exc
-    return outcome.value
+    return self.call_service(pipeline.process_order, order_id).value
 
 
 @shared_task(name="orders.tasks.check_pending_orders", soft_time_limit=50, time_limit=60)

@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from config.api import api_view, json_error
-from orders.forms import NewOrderForm, RequestInvalid, clean_idempotency_key, parse_order_request
+from core.errors import FieldErrors
+from orders.forms import NewOrderForm, clean_idempotency_key, parse_order_request
 from orders.models import Order, Product
 from orders.services import actions, placing
 
@@ -47,7 +48,7 @@ def api_place_order(request: HttpRequest) -> HttpResponse:
         idempotency_key = clean_idempotency_key(request.headers.get("Idempotency-Key"))
         lines = parse_order_request(request.body)
         placed = placing.place_order(customer_id=request.user.pk, lines=lines, idempotency_key=idempotency_key)
-    except (RequestInvalid, placing.OrderRejected) as exc:
+    except FieldErrors as exc:
         return json_error(400, errors=exc.errors)
     except placing.IdempotencyConflict as exc:
         return json_error(400, errors={"Idempotency-Key": [str(exc)]})
@@ -101,7 +102,7 @@ def order_new(request: HttpRequest) -> HttpResponse:
                 placed = placing.place_order(
                     customer_id=request.user.pk, lines=lines, idempotency_key=form.cleaned_data["idempotency_key"]
                 )
-            except placing.OrderRejected as exc:
+            except FieldErrors as exc:
                 form.add_service_errors(exc.errors, lines)
             except placing.IdempotencyConflict:
                 form.add_error(None, "This form was already submitted with other quantities; reload the page.")

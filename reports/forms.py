@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
+from core.errors import FieldErrors
 from reports.services import periods
 
 
@@ -16,7 +17,7 @@ class ReportRangeForm(forms.Form):
         if not self.errors:
             try:
                 periods.validate_period(cleaned["start"], cleaned["end"])
-            except periods.ReportRejected as exc:
+            except FieldErrors as exc:
                 for name, messages in exc.errors.items():
                     for message in messages:
                         self.add_error(name, message)

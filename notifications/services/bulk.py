@@ -15,6 +15,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from core import dispatch
+from core.base_task import Attempt
 from notifications import ratelimit
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
@@ -54,9 +55,14 @@ class ChunkResult:
 
 
 def deliver_range(
-    first_id: int, last_id: int, *, kind: str, task_id: str, campaign_id: int | None = None,
-    last_attempt: bool = False, retry_in: int = 0, progress: Callable[[int, int], None] = lambda sent, failed: None,
-) -> ChunkResult:  # fmt: skip
+    first_id: int,
+    last_id: int,
+    *,
+    kind: str,
+    attempt: Attempt,
+    campaign_id: int | None = None,
+    progress: Callable[[int, int], None] = lambda sent, failed: None,
+) -> ChunkResult:
     """Send the queued bulk rows with ids in [first_id, last_id] over one SMTP connection, in batches.
 
     Returns when the range is done, or early when the rate limit is spent (the
@@ -82,10 +88,10 @@ def deliver_range(
                 if not grant.granted:
                     return ChunkResult(sent, failed, throttled_for=grant.wait)
                 wanted = grant.granted
-            batch = _claim_batch(rows, wanted, task_id)
+            batch = _claim_batch(rows, wanted, attempt.task_id)
             if not batch:
                 break
-            batch_sent, batch_failed = _send_batch(connection, batch, task_id, campaign_id, last_attempt, retry_in)
+            batch_sent, batch_failed = _send_batch(connection, batch, attempt, campaign_id)
             sent, failed = sent + batch_sent, failed + batch_failed
             progress(sent, failed)
     finally:
@@ -108,9 +114,8 @@ def _claim_batch(rows: QuerySet[Notification], size: int, task_id: str) -> list[
 
 
 def _send_batch(
-    connection: BaseEmailBackend, batch: list[Notification], task_id: str, campaign_id: int | None,
-    last_attempt: bool, retry_in: int,
-) -> tuple[int, int]:  # fmt: skip
+    connection: BaseEmailBackend, batch: list[Notification], attempt: Attempt, campaign_id: int | None
+) -> tuple[int, int]:
     sent_ids: list[int] = []
     failed: dict[int, str] = {}
     now = timezone.now()
@@ -126,18 +131,18 @@ def _send_batch(
                 connection.send_messages([build_message(notification, connection)])
             except Exception as exc:  # classified below
                 if is_transient(exc):
-                    if last_attempt or notification.attempts >= settings.EMAIL_MAX_RETRIES + 1:
+                    if attempt.is_last or notification.attempts >= settings.EMAIL_MAX_RETRIES + 1:
                         failed[notification.pk] = describe_smtp_error(exc)
                         continue
                     # The server went away: keep what went out, hold the rest for the retry.
                     remaining = [n.pk for n in batch[position:] if n.pk not in failed]
-                    hold_for_retry(remaining, task_id, retry_in, describe_smtp_error(exc))
+                    hold_for_retry(remaining, attempt.task_id, attempt.retry_in, describe_smtp_error(exc))
                     raise TransientSendError(describe_smtp_error(exc)) from exc
                 failed[notification.pk] = describe_smtp_error(exc)
             else:
                 sent_ids.append(notification.pk)
     finally:
-        _record_batch(sent_ids, failed, task_id, campaign_id)
+        _record_batch(sent_ids, failed, attempt.task_id, campaign_id)
     return len(sent_ids), len(failed)
 
 
@@ -166,13 +171,9 @@ def id_ranges(rows: QuerySet[Notification], size: int = CHUNK_SIZE) -> Iterator[
         yield batch[0], batch[-1]
 
 
-def send_digest_chunk(
-    first_id: int, last_id: int, *, task_id: str, last_attempt: bool = False, retry_in: int = 0
-) -> ChunkResult:
+def send_digest_chunk(first_id: int, last_id: int, *, attempt: Attempt) -> ChunkResult:
     """Send one chunk of digest messages; re-schedule it when the rate limit is spent."""
-    result = deliver_range(
-        first_id, last_id, kind=Kind.DIGEST, task_id=task_id, last_attempt=last_attempt, retry_in=retry_in
-    )
+    result = deliver_range(first_id, last_id, kind=Kind.DIGEST, attempt=attempt)
     if result.throttled_for:
         dispatch.send("notifications.tasks.send_digest_chunk", [first_id, last_id], countdown=result.throttled_for)
     return result

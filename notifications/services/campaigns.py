@@ -18,6 +18,8 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from core import dispatch
+from core.base_task import Attempt
+from core.errors import Refused
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services.bulk import ChunkResult, batched, deliver_range, id_ranges
 from notifications.services.preferences import marketing_headers, unsubscribe_url
@@ -33,7 +35,7 @@ Kind = Notification.Kind
 MATERIALISE_BATCH_SIZE = 2000
 
 
-class CampaignError(Exception):
+class CampaignError(Refused):
     """A campaign cannot do what was asked; the message says why."""
 
 
@@ -162,9 +164,13 @@ def campaign_message(campaign: Campaign, user: object, subject: Template, body: 
 
 
 def send_campaign_chunk(
-    campaign_id: int, first_id: int, last_id: int, *, task_id: str, last_attempt: bool = False, retry_in: int = 0,
+    campaign_id: int,
+    first_id: int,
+    last_id: int,
+    *,
+    attempt: Attempt,
     progress: Callable[[dict], None] = lambda meta: None,
-) -> ChunkResult:  # fmt: skip
+) -> ChunkResult:
     """Send one chunk of a campaign; re-schedule it when the rate limit is spent."""
     total = Campaign.objects.filter(pk=campaign_id).values_list("total", flat=True).first() or 0
 
@@ -172,9 +178,8 @@ def send_campaign_chunk(
         progress({"campaign": campaign_id, "chunk_sent": sent, "chunk_failed": failed, "total": total})
 
     result = deliver_range(
-        first_id, last_id, kind=Kind.CAMPAIGN, campaign_id=campaign_id, task_id=task_id,
-        last_attempt=last_attempt, retry_in=retry_in, progress=report,
-    )  # fmt: skip
+        first_id, last_id, kind=Kind.CAMPAIGN, attempt=attempt, campaign_id=campaign_id, progress=report
+    )
     if result.throttled_for:
         dispatch.send(
             "notifications.tasks.send_campaign_chunk", [campaign_id, first_id, last_id], countdown=result.throttled_for

@@ -16,7 +16,9 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from core import dispatch
+from core.base_task import Attempt
 from core.db import insert_unless_exists
+from core.errors import Refused, TransientError
 from notifications import mailer, ratelimit
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
@@ -32,7 +34,7 @@ Kind = Notification.Kind
 PASSWORD_RESET_EMAIL_LIFETIME = timedelta(hours=1)
 
 
-class TransientSendError(Exception):
+class TransientSendError(TransientError):
     """The mail server could not be reached or answered 4xx; try again later."""
 
 
@@ -129,8 +131,9 @@ def send_later(
         )
 
 
-def send_notification(notification_id: int, *, task_id: str, last_attempt: bool = False, retry_in: int = 0) -> Outcome:
+def send_notification(notification_id: int, *, attempt: Attempt) -> Outcome:
     """Send one queued email, once. Raises TransientSendError when the caller should retry."""
+    task_id = attempt.task_id
     notification = Notification.objects.filter(pk=notification_id).first()
     if notification is None:
         logger.warning("notification %s does not exist (deleted or a bad id): nothing to send", notification_id)
@@ -153,8 +156,8 @@ def send_notification(notification_id: int, *, task_id: str, last_attempt: bool 
         mailer.send(build_message(notification))
     except Exception as exc:  # classified just below; anything unknown is a permanent failure
         error = describe_smtp_error(exc)
-        if is_transient(exc) and not last_attempt:
-            hold_for_retry([notification.pk], task_id, retry_in, error)
+        if is_transient(exc) and not attempt.is_last:
+            hold_for_retry([notification.pk], task_id, attempt.retry_in, error)
             raise TransientSendError(error) from exc
         finish([notification.pk], task_id, Status.FAILED, error=error)
         logger.error("notification %s failed (task %s): %s", notification_id, task_id, error)
@@ -249,18 +252,17 @@ def _send_again(notification: Notification, task_id: str | None = None) -> None:
         send_later(pk, notification.expires_at, on_commit=True, task_id=task_id)
 
 
-def retry_sending(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+def retry_sending(notification_id: int, *, actor_id: int | None, task_id: str) -> None:
     """Retry a send_notification task from its result (ops' "Retry"): resend a failed email, or send a stuck one."""
-    notification_id = kwargs.get("notification_id", args[0] if args else None)
     notification = Notification.objects.filter(pk=notification_id).first()
     if notification is None:
-        raise ValueError(f"notification {notification_id} does not exist")
+        raise Refused(f"notification {notification_id} does not exist")
     if notification.status == Status.FAILED:
         resend(notification.pk, task_id=task_id)
     elif Notification.objects.filter(claimable(timezone.now()), pk=notification.pk).exists():
         send_later(notification.pk, notification.expires_at, on_commit=True, task_id=task_id)
     else:
-        raise ValueError(f"notification {notification.pk} is {notification.status}; nothing to retry")
+        raise Refused(f"notification {notification.pk} is {notification.status}; nothing to retry")
 
 
 def cancel_queued(notification_id: int) -> bool:

@@ -10,6 +10,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core import dispatch
+from core.errors import Refused
 from orders.models import Order, OrderEvent
 from orders.services import emails
 from orders.services.pipeline import charge_key, release_stock
@@ -20,7 +21,7 @@ Status = Order.Status
 Step = Order.Step
 
 
-class CancelRefused(Exception):
+class CancelRefused(Refused):
     """The order can no longer be cancelled; the message says why."""
 
 
@@ -82,16 +83,15 @@ def requeue_order(order_id: int, *, actor_id: int | None = None, task_id: str | 
     return bool(marked)
 
 
-def retry_processing(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+def retry_processing(order_id: int, *, actor_id: int | None, task_id: str) -> None:
     """Retry a process_order task from its result (ops' "Retry"): replay a failed order, or re-send a waiting one."""
-    order_id = kwargs.get("order_id", args[0] if args else None)
     order = Order.objects.filter(pk=order_id).first()
     if order is None:
-        raise ValueError(f"order {order_id} does not exist")
+        raise Refused(f"order {order_id} does not exist")
     if order.status == Status.FAILED:
         retry_failed_order(order.pk, actor_id=actor_id, task_id=task_id)
     elif not requeue_order(order.pk, actor_id=actor_id, task_id=task_id):
-        raise ValueError(f"order {order.pk} is {order.status} and its lease is live; nothing to retry")
+        raise Refused(f"order {order.pk} is {order.status} and its lease is live; nothing to retry")
 
 
 # Bounded so that one run stays well inside the sweep's time limit; the next

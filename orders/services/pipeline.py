@@ -24,7 +24,9 @@ from django.db import DatabaseError, IntegrityError, OperationalError, transacti
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from core.base_task import Attempt
 from core.db import fetch_rows, insert_unless_exists, instance_from_row
+from core.errors import TransientError
 from orders import sql
 from orders.models import Order, OrderEvent, OrderLine, Payment, Product
 from orders.providers import PermanentProviderError, TransientProviderError, carrier, payment_gateway
@@ -36,7 +38,7 @@ Status = Order.Status
 Step = Order.Step
 
 
-class TransientOrderError(Exception):
+class TransientOrderError(TransientError):
     """A step failed in a way that may go away (timeout, network); the task retries."""
 
 
@@ -60,12 +62,13 @@ class _Fail(Exception):
     """A permanent failure: compensate, then mark the order failed with this reason."""
 
 
-def process_order(order_id: int, *, task_id: str, last_attempt: bool = False, retry_in: int = 0) -> Outcome:
+def process_order(order_id: int, *, attempt: Attempt) -> Outcome:
     """Run the pipeline for one order, resuming after its last finished step (see the module docstring).
 
     Raises TransientOrderError when the caller should retry; the lease is then held
-    for `retry_in` seconds more, so the sweep leaves the order to that retry.
+    for `attempt.retry_in` seconds more, so the sweep leaves the order to that retry.
     """
+    task_id = attempt.task_id
     order = claim(order_id, task_id)
     if order is None:
         return Outcome.SKIPPED
@@ -80,7 +83,7 @@ def process_order(order_id: int, *, task_id: str, last_attempt: bool = False, re
         except _Fail as failure:
             reason = str(failure)
         except (TransientProviderError, OperationalError) as exc:
-            out_of_attempts = last_attempt or order.attempts >= settings.ORDER_MAX_ATTEMPTS
+            out_of_attempts = attempt.is_last or order.attempts >= settings.ORDER_MAX_ATTEMPTS
             if order.is_compensating or not out_of_attempts:
                 raise
             reason = f"Gave up after {order.attempts} attempts: {exc}"
@@ -91,7 +94,7 @@ def process_order(order_id: int, *, task_id: str, last_attempt: bool = False, re
         OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.STOPPED, task_id=task_id, message=str(stop))
         return stop.outcome
     except (TransientProviderError, OperationalError) as exc:
-        _hold_lease_for_retry(order_id, task_id, retry_in, str(exc))
+        _hold_lease_for_retry(order_id, task_id, attempt.retry_in, str(exc))
         raise TransientOrderError(str(exc)) from exc
 
 

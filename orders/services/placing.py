@@ -14,18 +14,11 @@ from django.db import IntegrityError, connection, transaction
 
 from core import dispatch
 from core.db import fetch_rows, instance_from_row
+from core.errors import FieldErrors
 from orders import sql
 from orders.models import Order, OrderLine, Product
 
 logger = logging.getLogger(__name__)
-
-
-class OrderRejected(Exception):
-    """The order request is invalid; `errors` maps field paths to messages."""
-
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__(errors)
-        self.errors = errors
 
 
 class IdempotencyConflict(Exception):
@@ -72,7 +65,7 @@ def place_order(*, customer_id: int, lines: Sequence[LineRequest], idempotency_k
             raise
         return PlacedOrder(existing, created=False)
     if not saved:
-        raise OrderRejected({"lines": ["The catalogue changed while the order was placed; please try again."]})
+        raise FieldErrors({"lines": ["The catalogue changed while the order was placed; please try again."]})
     # After the commit (at once outside a transaction); never a 500 after the order was saved.
     dispatch.send_on_commit("orders.tasks.process_order", [order.pk])
     logger.info("order %s placed by customer %s, total %s", order.pk, customer_id, order.total)
@@ -110,7 +103,7 @@ def _insert_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]
 
 
 def _create_order(order: Order, lines: Sequence[LineRequest]) -> list[OrderLine]:
-    """_insert_order with the ORM, for SQLite (no data-modifying CTEs); raises OrderRejected for a wrong line."""
+    """_insert_order with the ORM, for SQLite (no data-modifying CTEs); raises FieldErrors for a wrong line."""
     products = validate_lines(lines)
     order.total = sum((products[line.sku].price * line.quantity for line in lines), Decimal("0.00"))
     order_lines = [
@@ -133,12 +126,12 @@ def _well_formed(lines: Sequence[LineRequest]) -> bool:
 
 
 def validate_lines(lines: Sequence[LineRequest]) -> dict[str, Product]:
-    """Raise OrderRejected with a message per wrong field; the products by SKU when all is well."""
+    """Raise FieldErrors with a message per wrong field; the products by SKU when all is well."""
     errors: dict[str, list[str]] = {}
     if not lines:
-        raise OrderRejected({"lines": ["An order needs at least one line."]})
+        raise FieldErrors({"lines": ["An order needs at least one line."]})
     if len(lines) > settings.ORDER_MAX_LINES:
-        raise OrderRejected({"lines": [f"An order can have at most {settings.ORDER_MAX_LINES} lines."]})
+        raise FieldErrors({"lines": [f"An order can have at most {settings.ORDER_MAX_LINES} lines."]})
     products = {p.sku: p for p in Product.objects.filter(sku__in={line.sku for line in lines})}
     seen: set[str] = set()
     for index, line in enumerate(lines):
@@ -155,7 +148,7 @@ def validate_lines(lines: Sequence[LineRequest]) -> dict[str, Product]:
             errors[f"lines.{index}.quantity"] = [f"Only {product.stock} of {line.sku} in stock."]
         seen.add(line.sku)
     if errors:
-        raise OrderRejected(errors)
+        raise FieldErrors(errors)
     return products
 
 

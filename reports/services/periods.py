@@ -8,17 +8,10 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.utils import timezone
 
+from core.errors import FieldErrors
 from reports.models import Report
 
 Kind = Report.Kind
-
-
-class ReportRejected(Exception):
-    """The requested period is not acceptable; `errors` maps fields to messages."""
-
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__(errors)
-        self.errors = errors
 
 
 def period_containing(kind: str, day: date) -> tuple[date, date]:
@@ -54,7 +47,7 @@ def validate_period(start: date, end: date, *, today: date | None = None) -> Non
     elif (end - start).days + 1 > settings.REPORT_MAX_RANGE_DAYS:
         errors["end"] = [f"A report covers at most {settings.REPORT_MAX_RANGE_DAYS} days."]
     if errors:
-        raise ReportRejected(errors)
+        raise FieldErrors(errors)
 
 
 def slices(start: date, end: date, days: int) -> list[tuple[date, date]]:

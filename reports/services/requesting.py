@@ -8,8 +8,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core import dispatch
+from core.errors import FieldErrors, Refused
 from reports.models import Report
-from reports.services.periods import ReportRejected, period_containing, previous_period, validate_period
+from reports.services.periods import period_containing, previous_period, validate_period
 
 Kind = Report.Kind
 Status = Report.Status
@@ -33,7 +34,7 @@ def request_report(
             created = True
         else:
             if (start, end) != period_containing(kind, start):
-                raise ReportRejected({"start": [f"{start}–{end} is not a {kind} period."]})
+                raise FieldErrors({"start": [f"{start}–{end} is not a {kind} period."]})
             try:
                 with transaction.atomic():
                     report, created = Report.objects.get_or_create(
@@ -75,11 +76,10 @@ def regenerate(report_id: int, *, requested_by_id: int | None = None, task_id: s
     return report
 
 
-def retry_generation(args: list, kwargs: dict, *, actor_id: int | None, task_id: str) -> None:
+def retry_generation(report_id: int, *, actor_id: int | None, task_id: str) -> None:
     """Retry a generate_report task from its result (ops' "Retry"): generate the report again."""
-    report_id = kwargs.get("report_id", args[0] if args else None)
     report = Report.objects.filter(pk=report_id).first()
     if report is None:
-        raise ValueError(f"report {report_id} does not exist")
+        raise Refused(f"report {report_id} does not exist")
     if regenerate(report.pk, requested_by_id=actor_id, task_id=task_id).status != Status.PENDING:
-        raise ValueError(f"{report} is being generated right now")
+        raise Refused(f"{report} is being generated right now")

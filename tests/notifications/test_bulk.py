@@ -12,6 +12,7 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
+from core.base_task import Attempt
 from notifications import ratelimit
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services import campaigns, digest, outbox, preferences, sweeps
@@ -137,7 +138,7 @@ def test_a_chunk_sends_its_range_and_the_counts_match_the_rows(smtp_server, sett
     ids = list(Notification.objects.filter(campaign=spring).order_by("pk").values_list("pk", flat=True))
     Notification.objects.filter(pk=ids[-1]).update(recipient="refused@example.com")
 
-    result = campaigns.send_campaign_chunk(spring.pk, ids[0], ids[-1], task_id="chunk-1")
+    result = campaigns.send_campaign_chunk(spring.pk, ids[0], ids[-1], attempt=Attempt("chunk-1"))
 
     spring.refresh_from_db()
     assert (result.sent, result.failed) == (30, 0)
@@ -157,7 +158,7 @@ def test_a_throttled_chunk_stops_and_reschedules_itself(smtp_server, settings, b
     broker.delete("low_priority")
     ids = list(Notification.objects.filter(campaign=spring).values_list("pk", flat=True))
 
-    result = campaigns.send_campaign_chunk(spring.pk, min(ids), max(ids), task_id="chunk-1")
+    result = campaigns.send_campaign_chunk(spring.pk, min(ids), max(ids), attempt=Attempt("chunk-1"))
 
     assert (result.sent, smtp_server.inbox.count()) == (2, 2)
     assert result.throttled_for > 0
@@ -259,7 +260,7 @@ def test_campaign_emails_render_the_body_and_the_unsubscribe_link(smtp_server, s
     campaigns.start_campaign(spring.pk)
     campaigns.launch_campaign(spring.pk, task_id="launch-1")
     row = Notification.objects.get(campaign=spring)
-    campaigns.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
+    campaigns.send_campaign_chunk(spring.pk, row.pk, row.pk, attempt=Attempt("chunk-1"))
 
     [message] = smtp_server.inbox.to(user.email)
     assert "Dear Zoë, spring is here." in body_text(message)
@@ -319,7 +320,7 @@ def test_a_campaign_is_not_done_before_its_launch_has_written_every_row(smtp_ser
     row = Notification.objects.get(campaign=spring)
     Campaign.objects.filter(pk=spring.pk).update(launched_at=None)  # as if later batches were still being written
 
-    campaigns.send_campaign_chunk(spring.pk, row.pk, row.pk, task_id="chunk-1")
+    campaigns.send_campaign_chunk(spring.pk, row.pk, row.pk, attempt=Attempt("chunk-1"))
     spring.refresh_from_db()
     assert (spring.status, spring.sent) == ("sending", 1)
 

@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from core.base_task import Attempt
 from notifications.models import EmailPreference, Notification
 from notifications.services import messages, outbox, sweeps
 from orders.services import actions, pipeline
@@ -44,10 +45,10 @@ def test_the_same_dedup_key_never_makes_a_second_message() -> None:
 def test_a_completed_order_queues_one_templated_text_and_html_email(customer, smtp_server) -> None:
     mug = product(stock=5, price="12.50")
     order = place(customer, (mug, 2))
-    pipeline.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, attempt=Attempt("task-1"))
 
     notification = Notification.objects.get(kind="order_completed")
-    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.SENT
+    assert outbox.send_notification(notification.pk, attempt=Attempt("send-1")) == outbox.Outcome.SENT
 
     [message] = smtp_server.inbox.to(customer.email)
     assert message["Subject"] == f"Your order #{order.pk} is on its way"
@@ -68,7 +69,7 @@ def test_failed_and_cancelled_orders_get_their_own_email(customer, status: str, 
         from tests.orders.helpers import fault
 
         fault(order, "charge", "decline")
-        pipeline.process_order(order.pk, task_id="task-1")
+        pipeline.process_order(order.pk, attempt=Attempt("task-1"))
 
     notification = Notification.objects.get(kind=f"order_{status}")
     assert subject in notification.subject
@@ -78,15 +79,15 @@ def test_failed_and_cancelled_orders_get_their_own_email(customer, status: str, 
 def test_an_unsubscribed_customer_still_gets_order_emails(customer) -> None:
     EmailPreference.objects.create(user=customer, unsubscribed_at=timezone.now())
     order = place(customer, (product(), 1))
-    pipeline.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, attempt=Attempt("task-1"))
     assert Notification.objects.filter(user=customer, kind="order_completed").exists()
 
 
 def test_a_sent_row_is_never_sent_again(smtp_server) -> None:
     notification = transactional()
-    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.SENT
-    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.SKIPPED
-    assert outbox.send_notification(notification.pk, task_id="send-2") == outbox.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, attempt=Attempt("send-1")) == outbox.Outcome.SENT
+    assert outbox.send_notification(notification.pk, attempt=Attempt("send-1")) == outbox.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, attempt=Attempt("send-2")) == outbox.Outcome.SKIPPED
     assert smtp_server.inbox.count() == 1
 
 
@@ -96,7 +97,7 @@ def test_a_row_being_sent_is_left_alone_even_by_a_second_delivery_of_the_same_ta
     Notification.objects.filter(pk=notification.pk).update(
         status="sending", lease_owner="send-1", lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
-    assert outbox.send_notification(notification.pk, task_id=task_id) == outbox.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, attempt=Attempt(task_id)) == outbox.Outcome.SKIPPED
     assert smtp_server.inbox.count() == 0
 
 
@@ -105,14 +106,14 @@ def test_a_row_abandoned_mid_send_is_taken_over_once_its_lease_expires(smtp_serv
     Notification.objects.filter(pk=notification.pk).update(
         status="sending", lease_owner="crashed", lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert outbox.send_notification(notification.pk, task_id="sweep-sent") == outbox.Outcome.SENT
+    assert outbox.send_notification(notification.pk, attempt=Attempt("sweep-sent")) == outbox.Outcome.SENT
     assert smtp_server.inbox.count() == 1
 
 
 def test_a_late_message_is_expired_not_sent(smtp_server) -> None:
     notification = transactional(expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert outbox.send_notification(notification.pk, task_id="send-1") == outbox.Outcome.EXPIRED
+    assert outbox.send_notification(notification.pk, attempt=Attempt("send-1")) == outbox.Outcome.EXPIRED
 
     notification.refresh_from_db()
     assert notification.status == "expired"
@@ -120,7 +121,7 @@ def test_a_late_message_is_expired_not_sent(smtp_server) -> None:
 
 
 def test_an_unknown_id_finishes_with_a_logged_reason(caplog: pytest.LogCaptureFixture) -> None:
-    assert outbox.send_notification(987654, task_id="send-1") == outbox.Outcome.MISSING
+    assert outbox.send_notification(987654, attempt=Attempt("send-1")) == outbox.Outcome.MISSING
     assert "notification 987654 does not exist" in caplog.text
 
 
@@ -132,13 +133,13 @@ def test_smtp_down_is_a_transient_error_until_the_last_attempt(settings) -> None
     notification = transactional()
 
     with pytest.raises(outbox.TransientSendError, match="ConnectionRefused"):
-        outbox.send_notification(notification.pk, task_id="send-1", retry_in=30)
+        outbox.send_notification(notification.pk, attempt=Attempt("send-1", retry_in=30))
     notification.refresh_from_db()
     assert (notification.status, notification.lease_owner) == ("queued", "send-1")  # held for its own retry
     assert notification.lease_expires_at > timezone.now() + timedelta(seconds=30)
-    assert outbox.send_notification(notification.pk, task_id="sweep-sent") == outbox.Outcome.SKIPPED
+    assert outbox.send_notification(notification.pk, attempt=Attempt("sweep-sent")) == outbox.Outcome.SKIPPED
 
-    assert outbox.send_notification(notification.pk, task_id="send-1", last_attempt=True) == outbox.Outcome.FAILED
+    assert outbox.send_notification(notification.pk, attempt=Attempt("send-1", is_last=True)) == outbox.Outcome.FAILED
     notification.refresh_from_db()
     assert notification.status == "failed"
     assert "ConnectionRefused" in notification.last_error
@@ -157,7 +158,7 @@ def test_smtp_errors_are_transient_only_for_network_trouble_and_4xx_replies() ->
 def test_emails_sent_one_by_one_share_the_process_s_smtp_connection(smtp_server) -> None:
     rows = [transactional(key=f"k-{i}") for i in range(3)]
     for row in rows:
-        assert outbox.send_notification(row.pk, task_id=f"send-{row.pk}") == outbox.Outcome.SENT
+        assert outbox.send_notification(row.pk, attempt=Attempt(f"send-{row.pk}")) == outbox.Outcome.SENT
     assert smtp_server.inbox.count() == 3
     assert smtp_server.inbox.connections() == 1
 
@@ -170,9 +171,9 @@ def test_a_session_the_server_ended_while_idle_is_replaced_before_the_next_email
     with SmtpServer(session_timeout=0.3) as server:
         settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
         first, second = transactional(key="k-1"), transactional(key="k-2")
-        assert outbox.send_notification(first.pk, task_id="send-1") == outbox.Outcome.SENT
+        assert outbox.send_notification(first.pk, attempt=Attempt("send-1")) == outbox.Outcome.SENT
         time.sleep(1)  # the server says "421 timeout" and hangs up, as Postfix does after 300 s
-        assert outbox.send_notification(second.pk, task_id="send-2") == outbox.Outcome.SENT
+        assert outbox.send_notification(second.pk, attempt=Attempt("send-2")) == outbox.Outcome.SENT
         assert (server.inbox.count(), server.inbox.connections()) == (2, 2)
         mailer.close()
 
@@ -182,10 +183,10 @@ def test_changed_email_settings_take_the_next_email_to_the_new_server(smtp_serve
     from tests.support.smtp import SmtpServer
 
     first, second = transactional(key="k-1"), transactional(key="k-2")
-    assert outbox.send_notification(first.pk, task_id="send-1") == outbox.Outcome.SENT
+    assert outbox.send_notification(first.pk, attempt=Attempt("send-1")) == outbox.Outcome.SENT
     with SmtpServer() as other:
         settings.EMAIL_PORT = other.port
-        assert outbox.send_notification(second.pk, task_id="send-2") == outbox.Outcome.SENT
+        assert outbox.send_notification(second.pk, attempt=Attempt("send-2")) == outbox.Outcome.SENT
         assert (smtp_server.inbox.count(), other.inbox.count()) == (1, 1)
         mailer.close()
 

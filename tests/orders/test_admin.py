@@ -7,6 +7,7 @@ from django.test import Client
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from core.base_task import Attempt
 from orders.models import Order
 from orders.services import pipeline
 from tests.factories import ProductFactory, UserFactory
@@ -50,9 +51,9 @@ def test_an_order_page_shows_its_lines_payments_and_history_linked_to_task_resul
     order = place(customer, (product(), 1))
     fault(order, "charge", "transient")
     with pytest.raises(pipeline.TransientOrderError):
-        pipeline.process_order(order.pk, task_id="task-with-result")
+        pipeline.process_order(order.pk, attempt=Attempt("task-with-result"))
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now())  # as if it got stuck
-    pipeline.process_order(order.pk, task_id="task-without-result")
+    pipeline.process_order(order.pk, attempt=Attempt("task-without-result"))
     result = TaskResult.objects.create(
         task_id="task-with-result", task_name="orders.tasks.process_order", status="RETRY"
     )

@@ -10,17 +10,19 @@ from tests.foundation.test_settings import clean_env, manage
 SCRIPT = """
 import json
 from django.contrib.auth.models import User
+from core.base_task import Attempt
+from core.errors import FieldErrors
 from orders.services import pipeline, placing
 from orders.models import Order, Payment, Product
 
 customer = User.objects.create(username="c", email="c@example.com")
 Product.objects.create(sku="MUG", name="Mug", price="1.50", stock=5)
 placed = placing.place_order(customer_id=customer.pk, lines=[placing.LineRequest("MUG", 2)])
-outcome = pipeline.process_order(placed.order.pk, task_id="task-1")
+outcome = pipeline.process_order(placed.order.pk, attempt=Attempt("task-1"))
 try:
     placing.place_order(customer_id=customer.pk, lines=[placing.LineRequest("MUG", 9)])
     rejected = None
-except placing.OrderRejected as exc:
+except FieldErrors as exc:
     rejected = exc.errors
 order = Order.objects.get()
 print(json.dumps({

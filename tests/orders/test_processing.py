@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from core.base_task import Attempt
 from orders.models import Order, OrderEvent, Payment
 from orders.services import actions, pipeline
 from tests.orders.helpers import fault, ledger, place, product, stock_of
@@ -25,7 +26,7 @@ def test_it_runs_every_step_and_completes_the_order(customer) -> None:
     mug = product(stock=5, price="12.50")
     order = place(customer, (mug, 2))
 
-    outcome = pipeline.process_order(order.pk, task_id="task-1")
+    outcome = pipeline.process_order(order.pk, attempt=Attempt("task-1"))
 
     order.refresh_from_db()
     assert outcome == pipeline.Outcome.COMPLETED
@@ -47,10 +48,10 @@ def test_it_runs_every_step_and_completes_the_order(customer) -> None:
 def test_a_finished_order_is_left_alone_when_delivered_again(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 1))
-    pipeline.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, attempt=Attempt("task-1"))
 
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.SKIPPED
-    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-2")) == pipeline.Outcome.SKIPPED
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 4
 
@@ -75,7 +76,7 @@ def test_another_task_leaves_an_order_alone_while_its_lease_is_live(customer) ->
         status="processing", lease_owner="task-1", lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
 
-    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-2")) == pipeline.Outcome.SKIPPED
     order.refresh_from_db()
     assert (order.status, order.lease_owner, order.step) == ("processing", "task-1", "")
 
@@ -85,12 +86,12 @@ def test_an_expired_lease_is_taken_over_and_resumed_after_the_last_finished_step
     order = place(customer, (mug, 2))
     fault(order, "ship", "transient")
     with pytest.raises(pipeline.TransientOrderError):
-        pipeline.process_order(order.pk, task_id="task-1")  # reserved and charged, then the carrier timed out
+        pipeline.process_order(order.pk, attempt=Attempt("task-1"))  # reserved and charged, then the carrier timed out
     order.refresh_from_db()
     assert order.step == "charged"
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.COMPLETED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-2")) == pipeline.Outcome.COMPLETED
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 3
 
@@ -102,12 +103,12 @@ def test_a_transient_gateway_error_is_raised_for_a_retry_that_keeps_the_lease(cu
 
     for _attempt in range(2):
         with pytest.raises(pipeline.TransientOrderError, match="timed out"):
-            pipeline.process_order(order.pk, task_id="task-1", retry_in=30)
+            pipeline.process_order(order.pk, attempt=Attempt("task-1", retry_in=30))
         order.refresh_from_db()
         assert order.lease_expires_at > timezone.now() + timedelta(seconds=30)
-        assert pipeline.process_order(order.pk, task_id="sweep-task") == pipeline.Outcome.SKIPPED
+        assert pipeline.process_order(order.pk, attempt=Attempt("sweep-task")) == pipeline.Outcome.SKIPPED
 
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.COMPLETED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.COMPLETED
     assert len(ledger(order)) == 1
     assert order.events.filter(kind="retry").count() == 2
     payment = order.payments.get()
@@ -119,7 +120,7 @@ def test_a_decline_fails_the_order_with_the_reason_and_releases_the_stock(custom
     order = place(customer, (mug, 3))
     fault(order, "charge", "decline")
 
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.FAILED
 
     order.refresh_from_db()
     assert order.status == "failed"
@@ -134,7 +135,7 @@ def test_a_failure_after_the_charge_refunds_it_and_releases_the_stock(customer) 
     order = place(customer, (mug, 2))
     fault(order, "ship", "decline")
 
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.FAILED
 
     order.refresh_from_db()
     assert order.status == "failed"
@@ -152,12 +153,12 @@ def test_a_refund_that_times_out_is_resumed_by_the_next_attempt_without_redoing_
     fault(order, "refund", "transient")
 
     with pytest.raises(pipeline.TransientOrderError):
-        pipeline.process_order(order.pk, task_id="task-1")
+        pipeline.process_order(order.pk, attempt=Attempt("task-1"))
     order.refresh_from_db()
     assert order.is_compensating
     assert stock_of(mug) == 3  # still reserved until the refund went through
 
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.FAILED
     assert len(ledger(order, "charge")) == len(ledger(order, "refund")) == 1
     assert stock_of(mug) == 5
 
@@ -167,7 +168,7 @@ def test_transient_errors_on_the_last_attempt_fail_the_order_after_compensation(
     order = place(customer, (mug, 1))
     fault(order, "ship", "transient", times=5)
 
-    assert pipeline.process_order(order.pk, task_id="task-1", last_attempt=True) == pipeline.Outcome.FAILED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1", is_last=True)) == pipeline.Outcome.FAILED
 
     order.refresh_from_db()
     assert order.failure_reason.startswith("Gave up after 1 attempts")
@@ -181,9 +182,9 @@ def test_an_order_that_keeps_getting_claimed_is_failed_at_the_attempt_limit(cust
     fault(order, "charge", "transient", times=10)
     for _ in range(2):
         with pytest.raises(pipeline.TransientOrderError):
-            pipeline.process_order(order.pk, task_id="task-1")
+            pipeline.process_order(order.pk, attempt=Attempt("task-1"))
 
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.FAILED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.FAILED
     order.refresh_from_db()
     assert order.failure_reason.startswith("Gave up after 3 attempts")
 
@@ -192,8 +193,8 @@ def test_two_orders_for_the_last_unit_one_completes_and_the_other_fails_before_a
     last = product(stock=1)
     first, second = place(customer, (last, 1)), place(customer, (last, 1))
 
-    assert pipeline.process_order(first.pk, task_id="task-1") == pipeline.Outcome.COMPLETED
-    assert pipeline.process_order(second.pk, task_id="task-2") == pipeline.Outcome.FAILED
+    assert pipeline.process_order(first.pk, attempt=Attempt("task-1")) == pipeline.Outcome.COMPLETED
+    assert pipeline.process_order(second.pk, attempt=Attempt("task-2")) == pipeline.Outcome.FAILED
 
     second.refresh_from_db()
     assert second.failure_reason.startswith(f"Out of stock: not enough {last.sku}")
@@ -208,7 +209,7 @@ def test_cancelling_a_pending_order_needs_no_worker(customer) -> None:
 
     order.refresh_from_db()
     assert order.status == "cancelled"
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.SKIPPED
 
 
 def test_cancelling_after_the_reservation_releases_the_stock_and_stops_the_task(customer) -> None:
@@ -216,7 +217,7 @@ def test_cancelling_after_the_reservation_releases_the_stock_and_stops_the_task(
     order = place(customer, (mug, 2))
     fault(order, "charge", "transient")
     with pytest.raises(pipeline.TransientOrderError):
-        pipeline.process_order(order.pk, task_id="task-1")
+        pipeline.process_order(order.pk, attempt=Attempt("task-1"))
     # The transient error struck before the gateway call recorded anything; drop the intent too,
     # to stand for a task that is between its reservation and its charge.
     Payment.objects.filter(order=order).delete()
@@ -225,7 +226,7 @@ def test_cancelling_after_the_reservation_releases_the_stock_and_stops_the_task(
     actions.cancel_order(order.pk, customer_id=customer.pk)
 
     assert stock_of(mug) == 5
-    assert pipeline.process_order(order.pk, task_id="task-1") == pipeline.Outcome.SKIPPED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.SKIPPED
     order.refresh_from_db()
     assert order.status == "cancelled" and ledger(order) == []
 
@@ -248,7 +249,9 @@ def test_cancelling_is_refused_once_the_payment_is_under_way(customer) -> None:
     order = place(customer, (product(), 1))
     fault(order, "charge", "transient")
     with pytest.raises(pipeline.TransientOrderError):
-        pipeline.process_order(order.pk, task_id="task-1")  # the intent is recorded; the gateway call timed out
+        pipeline.process_order(
+            order.pk, attempt=Attempt("task-1")
+        )  # the intent is recorded; the gateway call timed out
 
     with pytest.raises(actions.CancelRefused, match="payment has already been taken"):
         actions.cancel_order(order.pk, customer_id=customer.pk)
@@ -274,11 +277,11 @@ def test_replaying_a_failed_order_starts_over_with_fresh_payment_keys(customer, 
     mug = product(stock=5)
     order = place(customer, (mug, 1))
     fault(order, "charge", "decline")
-    pipeline.process_order(order.pk, task_id="task-1")
+    pipeline.process_order(order.pk, attempt=Attempt("task-1"))
 
     assert actions.retry_failed_order(order.pk, actor_id=staff.pk) is True
     assert actions.retry_failed_order(order.pk, actor_id=staff.pk) is False  # no longer failed
-    assert pipeline.process_order(order.pk, task_id="task-2") == pipeline.Outcome.COMPLETED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-2")) == pipeline.Outcome.COMPLETED
 
     order.refresh_from_db()
     assert (order.status, order.replays, order.failure_reason) == ("completed", 1, "")
@@ -400,6 +403,6 @@ def test_a_charge_made_by_a_task_that_lost_its_lease_is_kept_and_not_made_again_
     assert Payment.objects.get().status == "succeeded"  # what the gateway did is on record
     assert Order.objects.get(pk=order.pk).step == "reserved"
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert pipeline.process_order(order.pk, task_id="task-3") == pipeline.Outcome.COMPLETED
+    assert pipeline.process_order(order.pk, attempt=Attempt("task-3")) == pipeline.Outcome.COMPLETED
     assert ledger(order) == []  # the new holder found the charge recorded and did not call the gateway
     assert Payment.objects.get().provider_reference == "ref-1"

@@ -12,6 +12,7 @@ import pytest
 from django.core.files.storage import default_storage
 from PIL import Image
 
+from core.errors import FieldErrors
 from reports.models import Report
 from reports.services import generation, periods, requesting
 from tests.reports.helpers import Sale, expected_figures, make_sales
@@ -162,7 +163,7 @@ def test_a_report_that_cannot_be_written_fails_with_the_error_and_no_file(settin
 def test_bad_periods_are_rejected_with_the_reason_and_nothing_is_saved(
     start: date, end: date, field: str, message: str
 ) -> None:
-    with pytest.raises(periods.ReportRejected) as rejected:
+    with pytest.raises(FieldErrors) as rejected:
         requesting.request_report(kind="custom", start=start, end=end)
     assert message in " ".join(rejected.value.errors[field])
     assert not Report.objects.exists()

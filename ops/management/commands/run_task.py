@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config import celery_app
+from core.errors import FieldErrors
 from ops import catalog, runs
 
 
@@ -47,7 +48,7 @@ class Command(BaseCommand):
             run = runs.run_task(
                 name, task_args, task_kwargs, queue=options["queue"], countdown=options["countdown"], user=user
             )
-        except catalog.InvalidInvocation as exc:
+        except FieldErrors as exc:
             raise CommandError(str(exc)) from None
         except PermissionDenied as exc:
             raise CommandError(str(exc)) from None

@@ -9,6 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 from tqdm import tqdm
 
+from core.base_task import Attempt
 from orders.models import Order
 from orders.services import actions, pipeline
 
@@ -37,7 +38,7 @@ class Command(BaseCommand):
         outcomes: Counter[str] = Counter()
         for pk in tqdm(ids, unit="order", file=self.stderr, disable=options["verbosity"] == 0):
             try:
-                outcomes[pipeline.process_order(pk, task_id=f"sync-{uuid.uuid4()}").value] += 1
+                outcomes[pipeline.process_order(pk, attempt=Attempt(f"sync-{uuid.uuid4()}")).value] += 1
             except pipeline.TransientOrderError as exc:
                 outcomes["will retry"] += 1
                 self.stderr.write(f"order {pk}: {exc} (left for the sweep to retry)")

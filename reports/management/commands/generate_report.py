@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import reverse
 from django.utils import timezone
 
+from core.errors import FieldErrors
 from reports.models import Report
 from reports.services import files, generation, periods, requesting
 
@@ -51,7 +52,7 @@ class Command(BaseCommand):
             report = requesting.request_report(kind=kind, start=first, end=last, regenerate=True, enqueue=not sync)
             if sync:
                 report = generation.generate_report_inline(report.pk)
-        except periods.ReportRejected as exc:
+        except FieldErrors as exc:
             raise CommandError(" ".join(m for messages in exc.errors.values() for m in messages)) from None
         except Exception as exc:  # the report is marked failed with the same error
             raise CommandError(f"The report failed: {type(exc).__name__}: {exc}") from exc
