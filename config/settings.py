@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "ops",
     "accounts",
     "orders",
+    "sandbox",
     "notifications",
     "reports",
 ]
@@ -223,9 +224,17 @@ LOGGING = {
 
 # --- Orders -------------------------------------------------------------------
 SHOP_CURRENCY = "EUR"
+
+
+def _provider(path: str) -> str:
+    # The sandbox lived in orders until it became an app of its own; an
+    # environment written with its old dotted path keeps working.
+    return "sandbox.providers." + path.removeprefix("orders.sandbox.") if path.startswith("orders.sandbox.") else path
+
+
 # Dotted paths to the payment gateway and carrier; the defaults are sandboxes.
-PAYMENT_GATEWAY = env_str("PAYMENT_GATEWAY", "orders.sandbox.SandboxGateway")
-SHIPPING_CARRIER = env_str("SHIPPING_CARRIER", "orders.sandbox.SandboxCarrier")
+PAYMENT_GATEWAY = _provider(env_str("PAYMENT_GATEWAY", "sandbox.providers.SandboxGateway"))
+SHIPPING_CARRIER = _provider(env_str("SHIPPING_CARRIER", "sandbox.providers.SandboxCarrier"))
 # The sandbox reads its behaviour from env because workers are separate processes.
 PAYMENT_SANDBOX_LATENCY_MS = env_int("PAYMENT_SANDBOX_LATENCY_MS", 20, minimum=0)
 PAYMENT_SANDBOX_TRANSIENT_RATE = env_float("PAYMENT_SANDBOX_TRANSIENT_RATE", 0.0, minimum=0, maximum=1)

@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from core.admin_links import task_id_html, task_result_links
-from orders.models import Order, OrderEvent, OrderLine, Payment, Product, SandboxFault, SandboxLedgerEntry
+from orders.models import Order, OrderEvent, OrderLine, Payment, Product
 from orders.services import actions
 
 
@@ -138,21 +138,3 @@ class PaymentAdmin(admin.ModelAdmin):
     def order_link(self, payment: Payment) -> SafeString:
         url = reverse("admin:orders_order_change", args=[payment.order_id])
         return format_html('<a href="{}">#{}</a>', url, payment.order_id)
-
-
-@admin.register(SandboxLedgerEntry)
-class SandboxLedgerEntryAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "amount", "reference", "idempotency_key", "created_at")
-    list_filter = ("kind",)
-    search_fields = ("reference", "idempotency_key")
-    readonly_fields = [field.name for field in SandboxLedgerEntry._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-
-@admin.register(SandboxFault)
-class SandboxFaultAdmin(admin.ModelAdmin):
-    list_display = ("reference", "operation", "fault", "remaining")
-    list_filter = ("operation", "fault")
-    search_fields = ("reference",)

@@ -55,7 +55,7 @@ def one_round(env: dict[str, str], count: int, settings_module: str) -> dict:
     from orders.models import Order, OrderEvent
 
     reset_tables(
-        "orders.Order", "orders.OrderLine", "orders.OrderEvent", "orders.Payment", "orders.SandboxLedgerEntry",
+        "orders.Order", "orders.OrderLine", "orders.OrderEvent", "orders.Payment", "sandbox.SandboxLedgerEntry",
         "notifications.Notification", "django_celery_results.TaskResult",
     )  # fmt: skip
     flush_broker()

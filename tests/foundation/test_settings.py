@@ -91,3 +91,16 @@ def test_check_deploy_is_clean_with_the_production_env_example(tmp_path: Path) -
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_the_sandbox_providers_old_dotted_paths_still_name_them(tmp_path: Path) -> None:
+    env = clean_env(
+        tmp_path,
+        DEBUG="1",
+        PAYMENT_GATEWAY="orders.sandbox.SandboxGateway",
+        SHIPPING_CARRIER="orders.sandbox.SandboxCarrier",
+    )
+    script = "from orders.providers import carrier, payment_gateway; print(type(payment_gateway()).__module__, type(carrier()).__name__)"
+    out = manage(env, "shell", "-c", script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1].split() == ["sandbox.providers", "SandboxCarrier"]

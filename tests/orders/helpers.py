@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from orders.models import Order, Product, SandboxFault, SandboxLedgerEntry
+from orders.models import Order, Product
 from orders.services import placing
+from sandbox.models import SandboxFault, SandboxLedgerEntry
 from tests.factories import ProductFactory
 
 

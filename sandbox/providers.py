@@ -26,8 +26,8 @@ from django.conf import settings
 from django.db.models import F
 
 from core.db import insert_unless_exists
-from orders.models import SandboxFault, SandboxLedgerEntry
 from orders.providers import PermanentProviderError, ProviderResult, TransientProviderError
+from sandbox.models import SandboxFault, SandboxLedgerEntry
 
 logger = logging.getLogger(__name__)
 
