@@ -12,10 +12,11 @@ test:  ## Run the whole test suite against real PostgreSQL and Redis
 bench:  ## Measure the hot paths against same-run baselines (quick mode: make bench ARGS=--quick)
 	bin/bench $(ARGS)
 
-lint:  ## Check style with ruff
+lint:  ## Check style with ruff, and the import contracts (pyproject.toml) with import-linter
 	bin/bootstrap dev
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 
 format:  ## Format the code with ruff
 	bin/bootstrap dev
