@@ -129,10 +129,6 @@ class Notification(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} to {self.recipient}"
 
-    @property
-    def is_bulk(self) -> bool:
-        return self.kind in self.BULK_KINDS
-
 
 class EmailPreference(models.Model):
     """A customer's choice about marketing email (campaigns and the digest). Order emails always go out."""

@@ -6,14 +6,13 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from core.dates import day_bounds
 from orders.models import Order, OrderLine, Product
 
 CATALOGUE = [
@@ -79,11 +78,10 @@ def seed_orders(
 ) -> int:  # fmt: skip
     """Bulk-create `count` historical orders placed between start and end (inclusive, TIME_ZONE), 1–3 lines each."""
     rng = random.Random(seed)  # noqa: S311 - sample data
-    zone = ZoneInfo(settings.TIME_ZONE)
     products = seed_catalogue()
     customer_ids = ensure_customers(customers)
-    first = datetime.combine(start, time.min, tzinfo=zone)
-    span = (datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone) - first).total_seconds()
+    first, after = day_bounds(start, end)
+    span = (after - first).total_seconds()
     statuses = [status for status, _ in STATUS_MIX]
     weights = [weight for _, weight in STATUS_MIX]
     steps = {Order.Status.COMPLETED: Order.Step.NOTIFIED, Order.Status.FAILED: "", Order.Status.CANCELLED: ""}

@@ -41,9 +41,8 @@ CHUNK_SIZE = 200
 
 # Rows claimed (and tokens taken) at a time inside a chunk; the campaign's status
 # is re-read between batches, so a cancel stops a chunk within one batch. Each
-# batch costs about 14 statements (status check, claim, record, progress): at 25
-# rows that was a third of a chunk's time in the campaign benchmark; at 100 it is
-# a tenth, and one batch takes well under a second to send.
+# batch costs about 14 statements (status check, claim, record, progress), about
+# a tenth of a chunk's time at 100 rows, and one batch takes well under a second.
 BULK_BATCH_SIZE = 100
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime, time
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -19,6 +18,7 @@ from django.utils import timezone
 
 from core import dispatch
 from core.base_task import Attempt
+from core.dates import start_of_day
 from core.errors import Refused
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services.bulk import ChunkResult, batched, deliver_range, id_ranges
@@ -44,8 +44,7 @@ def audience(campaign: Campaign) -> QuerySet:
     users = get_user_model().objects.filter(is_active=True, is_staff=False).exclude(email="")
     users = users.filter(~Exists(EmailPreference.objects.filter(user=OuterRef("pk"), unsubscribed_at__isnull=False)))
     if campaign.audience == Campaign.Audience.ORDERED_SINCE:
-        since = datetime.combine(campaign.ordered_since, time.min, tzinfo=ZoneInfo(settings.TIME_ZONE))
-        users = users.filter(pk__in=history.customers_who_ordered_since(since))
+        users = users.filter(pk__in=history.customers_who_ordered_since(start_of_day(campaign.ordered_since)))
     return users
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date
 
 from django.conf import settings
 from django.db.models import Exists, OuterRef
@@ -13,6 +12,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from core import dispatch
+from core.dates import day_bounds, previous_iso_week
 from notifications.models import EmailPreference, Notification
 from notifications.services.bulk import batched, id_ranges
 from notifications.services.preferences import marketing_headers, unsubscribe_url
@@ -24,23 +24,15 @@ Status = Notification.Status
 Kind = Notification.Kind
 
 
-def last_iso_week(today: date) -> tuple[date, date]:
-    """Monday and Sunday of the ISO week before the one `today` is in."""
-    this_monday = today - timedelta(days=today.weekday())
-    return this_monday - timedelta(days=7), this_monday - timedelta(days=1)
-
-
 def send_weekly_digest(*, today: date | None = None) -> int:
     """Queue a digest of last ISO week's orders for each subscribed customer who ordered, then send in chunks.
 
     Idempotent per customer and week (dedup_key), so running it twice sends nothing new.
     """
-    zone = ZoneInfo(settings.TIME_ZONE)
-    monday, sunday = last_iso_week(today or timezone.localdate())
+    monday, sunday = previous_iso_week(today or timezone.localdate())
     year, week, _ = monday.isocalendar()
     label = f"{year}-W{week:02d}"
-    start = datetime.combine(monday, time.min, tzinfo=zone)
-    end = start + timedelta(days=7)
+    start, end = day_bounds(monday, sunday)
     unsubscribed = EmailPreference.objects.filter(user=OuterRef("customer"), unsubscribed_at__isnull=False)
     orders = (
         history.orders_placed_between(start, end)

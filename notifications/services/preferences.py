@@ -50,6 +50,6 @@ def set_marketing_subscription(user_id: int, *, subscribed: bool) -> EmailPrefer
 
 
 def marketing_headers(unsubscribe: str) -> dict[str, str]:
-    """The headers for the user's unsubscribe link (signed once per message: a third of a launch's time went on it)."""
+    """The List-Unsubscribe headers for a link signed once per message (signing is costly: a third of a launch)."""
     # RFC 8058 one-click: mail clients POST "List-Unsubscribe=One-Click" to the link.
     return {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}

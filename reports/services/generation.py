@@ -28,12 +28,13 @@ from django.db.models.functions import Least, TruncDate
 from django.utils import timezone
 
 from core import dispatch
+from core.dates import day_bounds
 from core.errors import FieldErrors
 from orders.services import history
 from reports.models import Report
 from reports.services import emails
 from reports.services.files import CENT, save_chart, save_csv
-from reports.services.periods import day_bounds, slices
+from reports.services.periods import slices
 
 logger = logging.getLogger(__name__)
 

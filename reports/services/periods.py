@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
+from core.dates import iso_week_containing, previous_iso_week
 from core.errors import FieldErrors
 from reports.models import Report
 
@@ -19,8 +19,7 @@ def period_containing(kind: str, day: date) -> tuple[date, date]:
     if kind == Kind.DAILY:
         return day, day
     if kind == Kind.WEEKLY:
-        monday = day - timedelta(days=day.weekday())
-        return monday, monday + timedelta(days=6)
+        return iso_week_containing(day)
     if kind == Kind.MONTHLY:
         first = day.replace(day=1)
         next_first = (first + timedelta(days=32)).replace(day=1)
@@ -33,7 +32,7 @@ def previous_period(kind: str, today: date) -> tuple[date, date]:
     if kind == Kind.DAILY:
         return period_containing(kind, today - timedelta(days=1))
     if kind == Kind.WEEKLY:
-        return period_containing(kind, today - timedelta(days=7))
+        return previous_iso_week(today)
     return period_containing(kind, today.replace(day=1) - timedelta(days=1))
 
 
@@ -58,10 +57,3 @@ def slices(start: date, end: date, days: int) -> list[tuple[date, date]]:
         result.append((start, last))
         start = last + timedelta(days=1)
     return result
-
-
-def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
-    zone = ZoneInfo(settings.TIME_ZONE)
-    return datetime.combine(start, time.min, tzinfo=zone), datetime.combine(
-        end + timedelta(days=1), time.min, tzinfo=zone
-    )

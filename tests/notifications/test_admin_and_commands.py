@@ -15,13 +15,6 @@ from tests.notifications.helpers import transactional
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def admin_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
 def test_the_outbox_filters_by_status_and_kind_and_searches(admin_client) -> None:
     a = transactional(recipient="alice@example.com", key="a")
     b = transactional(recipient="bob@example.com", key="b", kind="order_completed")

@@ -23,14 +23,7 @@ ADD_URL = "/admin/django_celery_beat/periodictask/add/"
 
 
 @pytest.fixture
-def admin_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
-@pytest.fixture
-def plain_staff_client() -> Client:
+def plain_admin_client() -> Client:
     """Staff who may manage schedules and results, but not run or retry tasks by hand."""
     user = UserFactory(is_staff=True)
     user.user_permissions.set(
@@ -155,7 +148,7 @@ def test_run_now_sends_with_the_stored_args_queue_priority_and_expires(admin_cli
     assert (run.source, run.periodic_task_name, run.args) == ("run_now", "Process 7", [7])
 
 
-def test_staff_without_the_permission_cannot_run_or_retry(plain_staff_client, broker) -> None:
+def test_staff_without_the_permission_cannot_run_or_retry(plain_admin_client, broker) -> None:
     task = PeriodicTask.objects.create(
         name="Sweep", task="orders.tasks.check_pending_orders",
         interval=IntervalSchedule.objects.create(every=1, period="hours"),
@@ -163,12 +156,12 @@ def test_staff_without_the_permission_cannot_run_or_retry(plain_staff_client, br
     result = TaskResult.objects.create(task_id="failed-1", task_name="orders.tasks.check_pending_orders",
                                        status="FAILURE", task_args='"[]"', task_kwargs='"{}"')  # fmt: skip
 
-    listing = plain_staff_client.get("/admin/django_celery_beat/periodictask/").content.decode()
+    listing = plain_admin_client.get("/admin/django_celery_beat/periodictask/").content.decode()
     assert "run_now" not in listing
-    plain_staff_client.post(
+    plain_admin_client.post(
         "/admin/django_celery_beat/periodictask/", {"action": "run_now", "_selected_action": [task.pk]}
     )
-    plain_staff_client.post(
+    plain_admin_client.post(
         "/admin/django_celery_results/taskresult/", {"action": "retry_selected", "_selected_action": [result.pk]}
     )
 
@@ -177,7 +170,7 @@ def test_staff_without_the_permission_cannot_run_or_retry(plain_staff_client, br
 
 
 def test_retry_sends_the_original_json_arguments_as_a_new_task_linked_to_the_old(
-    admin_client, broker, staff, django_capture_on_commit_callbacks
+    admin_client, broker, admin_user, django_capture_on_commit_callbacks
 ) -> None:
     old = TaskResult.objects.create(
         task_id="digest-1", task_name="notifications.tasks.send_digest_chunk", status="FAILURE",
@@ -190,7 +183,7 @@ def test_retry_sends_the_original_json_arguments_as_a_new_task_linked_to_the_old
         )
 
     run = TaskRun.objects.get()
-    assert (run.retry_of, run.args, run.requested_by, run.source) == ("digest-1", [10, 20], staff, "retry")
+    assert (run.retry_of, run.args, run.requested_by, run.source) == ("digest-1", [10, 20], admin_user, "retry")
     [message] = messages_in(broker, "low_priority")
     assert (message["headers"]["id"], message["headers"]["argsrepr"]) == (run.task_id, "[10,20]")
     page = admin_client.get(f"/admin/django_celery_results/taskresult/{old.pk}/change/").content.decode()

@@ -6,7 +6,6 @@ import signal
 import time
 
 import pytest
-from django.test import Client
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
@@ -18,13 +17,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 def runs_of(name: str) -> int:
     return TaskResult.objects.filter(periodic_task_name=name).count()
-
-
-@pytest.fixture
-def admin_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
 
 
 def test_a_schedule_created_changed_and_disabled_in_the_admin_takes_effect_without_a_restart(

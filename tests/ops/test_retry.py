@@ -6,7 +6,6 @@ import json
 
 import pytest
 from django.db import transaction
-from django.test import Client
 from django_celery_results.models import TaskResult
 
 from ops import runs
@@ -18,13 +17,6 @@ from tests.support.processes import wait_for
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-@pytest.fixture
-def admin_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
 def stored(task_id: str, timeout: float = 30) -> TaskResult:
     def done() -> TaskResult | None:
         return TaskResult.objects.filter(task_id=task_id, status__in=["SUCCESS", "FAILURE"]).first()
@@ -33,10 +25,12 @@ def stored(task_id: str, timeout: float = 30) -> TaskResult:
 
 
 def test_retrying_a_failed_result_sends_a_new_task_with_the_original_arguments(
-    start_worker_process, admin_client, staff
+    start_worker_process, admin_client, admin_user
 ) -> None:
     start_worker_process()
-    failing = runs.run_task("reports.tasks.aggregate_report_slice", [1, "2025-13-01", "2025-01-01"], {}, user=staff)
+    failing = runs.run_task(
+        "reports.tasks.aggregate_report_slice", [1, "2025-13-01", "2025-01-01"], {}, user=admin_user
+    )
     old = stored(failing.task_id)
     assert old.status == "FAILURE"
     assert recorded_arguments(old.task_args, old.task_kwargs) == ([1, "2025-13-01", "2025-01-01"], {})
@@ -51,7 +45,7 @@ def test_retrying_a_failed_result_sends_a_new_task_with_the_original_arguments(
     assert new.task_name == old.task_name
     assert recorded_arguments(new.task_args, new.task_kwargs) == ([1, "2025-13-01", "2025-01-01"], {})
     page = admin_client.get(f"/admin/django_celery_results/taskresult/{new.pk}/change/").content.decode()
-    assert old.task_id in page.split("Retry of")[1] and staff.username in page.split("Retry of")[1]
+    assert old.task_id in page.split("Retry of")[1] and admin_user.username in page.split("Retry of")[1]
 
 
 def test_retrying_an_orders_result_replays_the_order_through_its_service(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
@@ -14,13 +13,6 @@ from tests.factories import ProductFactory, UserFactory
 from tests.orders.helpers import fault, place, product
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
 
 
 @pytest.fixture(autouse=True)

@@ -19,41 +19,34 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
-@pytest.fixture
 def done_report(settings) -> Report:
     make_sales([Sale(datetime(2025, 6, 3, 12, tzinfo=ZoneInfo("UTC")), "completed", (("MUG", 2, 10),))])
     report = requesting.request_report(kind="custom", start=date(2025, 6, 1), end=date(2025, 6, 30), enqueue=False)
     return generation.generate_report_inline(report.pk)
 
 
-def test_staff_see_the_list_the_page_the_json_and_download_the_files(staff_client, done_report) -> None:
-    assert str(done_report) in staff_client.get("/reports/").content.decode()
-    page = staff_client.get(f"/reports/{done_report.pk}/").content.decode()
+def test_staff_see_the_list_the_page_the_json_and_download_the_files(admin_client, done_report) -> None:
+    assert str(done_report) in admin_client.get("/reports/").content.decode()
+    page = admin_client.get(f"/reports/{done_report.pk}/").content.decode()
     assert "€20.00" in page and f"/reports/{done_report.pk}/chart.png" in page
 
-    body = staff_client.get(f"/api/reports/{done_report.pk}/").json()
+    body = admin_client.get(f"/api/reports/{done_report.pk}/").json()
     assert set(body) == {"id", "kind", "period_start", "period_end", "status", "progress", "summary", "error",
                          "csv_url", "chart_url"}  # fmt: skip
     assert (body["status"], body["progress"], body["summary"]["revenue"]) == ("done", 100, "20.00")
     assert body["csv_url"] == f"/reports/{done_report.pk}/download/"
 
-    download = staff_client.get(body["csv_url"])
+    download = admin_client.get(body["csv_url"])
     assert download.status_code == 200
     assert download["Content-Disposition"].startswith("attachment;")
     assert b"".join(download.streaming_content).startswith(b"date,sku,product,quantity,revenue")
-    chart = staff_client.get(body["chart_url"])
+    chart = admin_client.get(body["chart_url"])
     assert chart["Content-Type"] == "image/png" and b"".join(chart.streaming_content)[:4] == b"\x89PNG"
 
 
-def test_the_files_are_not_public_media(staff_client, done_report) -> None:
+def test_the_files_are_not_public_media(admin_client, done_report) -> None:
     assert Client().get(f"/media/{done_report.csv_file.name}").status_code == 404
-    assert staff_client.get(f"/media/{done_report.csv_file.name}").status_code == 404
+    assert admin_client.get(f"/media/{done_report.csv_file.name}").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -89,9 +82,9 @@ BAD_RANGES = [
 
 @pytest.mark.parametrize(("data", "field", "message"), BAD_RANGES)
 def test_the_form_rejects_bad_ranges_with_a_clear_error_and_creates_nothing(
-    staff_client, data: dict, field: str, message: str
+    admin_client, data: dict, field: str, message: str
 ) -> None:
-    response = staff_client.post("/reports/new/", data)
+    response = admin_client.post("/reports/new/", data)
     assert response.status_code == 200
     assert message in " ".join(response.context["form"].errors[field])
     assert not Report.objects.exists()
@@ -99,30 +92,30 @@ def test_the_form_rejects_bad_ranges_with_a_clear_error_and_creates_nothing(
 
 @pytest.mark.parametrize(("data", "field", "message"), BAD_RANGES)
 def test_the_json_endpoint_rejects_bad_ranges_with_field_errors_and_creates_nothing(
-    staff_client, data: dict, field: str, message: str
+    admin_client, data: dict, field: str, message: str
 ) -> None:
-    response = staff_client.post("/api/reports/", json.dumps(data), content_type="application/json")
+    response = admin_client.post("/api/reports/", json.dumps(data), content_type="application/json")
     assert response.status_code == 400
     assert message in " ".join(response.json()["errors"][field])
     assert not Report.objects.exists()
 
 
-def test_the_json_endpoint_accepts_a_good_range(staff_client, staff) -> None:
-    response = staff_client.post(
+def test_the_json_endpoint_accepts_a_good_range(admin_client, admin_user) -> None:
+    response = admin_client.post(
         "/api/reports/", {"start": "2025-05-01", "end": "2025-05-31"}, content_type="application/json"
     )
     assert response.status_code == 202
     report = Report.objects.get()
     assert response["Location"] == f"/api/reports/{report.pk}/"
-    assert (report.kind, report.requested_by, report.status) == ("custom", staff, "pending")
+    assert (report.kind, report.requested_by, report.status) == ("custom", admin_user, "pending")
 
 
-def test_the_admin_lists_reports_with_thumbnail_and_download_and_regenerates(staff_client, done_report, broker) -> None:
-    page = staff_client.get("/admin/reports/report/?status__exact=done").content.decode()
+def test_the_admin_lists_reports_with_thumbnail_and_download_and_regenerates(admin_client, done_report, broker) -> None:
+    page = admin_client.get("/admin/reports/report/?status__exact=done").content.decode()
     assert f'src="/reports/{done_report.pk}/chart.png"' in page
     assert f'href="/reports/{done_report.pk}/download/"' in page
 
-    response = staff_client.post(
+    response = admin_client.post(
         "/admin/reports/report/", {"action": "regenerate", "_selected_action": [done_report.pk]}, follow=True
     )
     assert "Regenerating 1 report(s)" in response.content.decode()
