@@ -75,6 +75,14 @@ def test_the_run_command_brings_up_web_worker_and_beat_from_a_fresh_clone_and_st
         wait_for(worker_pongs, 60, 1, "the worker to answer inspect ping")
         wait_for(lambda: "beat: Starting..." in run.output(), 30, 0.5, "beat to start")
 
+        # The README's commands work as written beside it, on the same embedded defaults.
+        seeded = subprocess.run(["bin/manage", "seed_demo"], cwd=clone, env=env, capture_output=True, text=True)
+        assert seeded.returncode == 0, seeded.stderr
+        assert "Created customer 'demo' with password" in seeded.stdout
+        stats = subprocess.run(["bin/manage", "queue_stats"], cwd=clone, env=env, capture_output=True, text=True)
+        assert stats.returncode == 0, stats.stderr
+        assert "default" in stats.stdout and "worker(s) online" in stats.stdout
+
         # Ctrl-C in a terminal sends SIGINT to the whole foreground process group.
         os.killpg(run.pid, signal.SIGINT)
         assert run.popen is not None

@@ -22,9 +22,7 @@ class Command(BaseCommand):
             raise CommandError("bootstrap_admin only runs with DEBUG on; use `manage.py createsuperuser`.")
         user_model = get_user_model()
         if user_model.objects.filter(is_superuser=True).exists():
-            self.stdout.write(
-                "Admin login: use your superuser, or reset a password with `.venv/bin/python manage.py changepassword`."
-            )
+            self.stdout.write("Admin login: use your superuser, or reset a password with `bin/manage changepassword`.")
             return
         if user_model.objects.filter(username=username).exists():
             raise CommandError(f"A user named {username!r} exists but is not a superuser; pick another --username.")
@@ -32,5 +30,5 @@ class Command(BaseCommand):
         user_model.objects.create_superuser(username=username, email="", password=password)
         self.stdout.write(
             self.style.SUCCESS(f"Created superuser {username!r} with password {password}")
-            + "\n(shown once; change it with `.venv/bin/python manage.py changepassword admin`)"
+            + "\n(shown once; change it with `bin/manage changepassword admin`)"
         )

@@ -22,5 +22,5 @@ class Command(BaseCommand):
         else:
             self.stdout.write(
                 f"Customer {customer.username!r} already exists; "
-                f"set a new password with `manage.py changepassword {customer.username}`."
+                f"set a new password with `bin/manage changepassword {customer.username}` (locally)."
             )
