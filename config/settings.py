@@ -10,6 +10,8 @@ import secrets
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel import Locale, UnknownLocaleError
+from babel.numbers import list_currencies
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
@@ -223,7 +225,15 @@ LOGGING = {
 }
 
 # --- Orders -------------------------------------------------------------------
-SHOP_CURRENCY = "EUR"
+# Amounts are shown to people in this currency and locale (core/formats.py).
+SHOP_CURRENCY = env_str("SHOP_CURRENCY", "EUR").upper()
+if SHOP_CURRENCY not in list_currencies():
+    raise ImproperlyConfigured(f"SHOP_CURRENCY={SHOP_CURRENCY!r} is not an ISO 4217 currency code such as EUR.")
+SHOP_LOCALE = env_str("SHOP_LOCALE", "en_US")
+try:
+    Locale.parse(SHOP_LOCALE)
+except (ValueError, UnknownLocaleError):
+    raise ImproperlyConfigured(f"SHOP_LOCALE={SHOP_LOCALE!r} is not a locale such as en_US or nl_NL.") from None
 
 
 def _provider(path: str) -> str:

@@ -10,6 +10,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from core.admin_links import task_id_html, task_result_links
+from core.formats import money
 from reports.models import Report
 from reports.services import requesting
 
@@ -42,7 +43,7 @@ class ReportAdmin(admin.ModelAdmin):
 
     @admin.display(description="revenue")
     def revenue(self, report: Report) -> str:
-        return report.summary.get("revenue", "")
+        return money(report.summary.get("revenue"), report.summary.get("currency"))
 
     @admin.display(description="chart")
     def thumbnail(self, report: Report) -> SafeString | str:

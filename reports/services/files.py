@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 
+from core.formats import count
 from reports.models import Report
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def save_chart(name: str, figures: Figures, report: Report) -> str:
     matplotlib.use("Agg")  # no display in a worker
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     days, revenue = zip(*figures.daily_revenue(report.period_start, report.period_end), strict=True)
     figure, axes = plt.subplots(figsize=(9, 3.4), dpi=100)
@@ -47,6 +49,7 @@ def save_chart(name: str, figures: Figures, report: Report) -> str:
         axes.bar(days, [float(value) for value in revenue], color="#2456c7", width=0.8)
         axes.set_title(f"Revenue per day, {report.period_start} to {report.period_end}")
         axes.set_ylabel(f"Revenue ({settings.SHOP_CURRENCY})")
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _position: count(round(value))))
         axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(mdates.AutoDateLocator()))
         axes.spines[["top", "right"]].set_visible(False)
         figure.tight_layout()

@@ -4,6 +4,11 @@
   const root = document.getElementById("report");
   if (!root) return;
   const field = (name) => root.querySelector(`[data-field="${name}"]`);
+  // Amounts and counts for people, in the shop's locale; the JSON keeps plain numbers.
+  const locale = root.dataset.locale || undefined;
+  const count = (value) => new Intl.NumberFormat(locale).format(value);
+  const money = (value, currency) =>
+    new Intl.NumberFormat(locale, { style: "currency", currency }).format(Number(value));
   const cell = (text, numeric) => {
     const td = document.createElement("td");
     td.textContent = text;
@@ -21,13 +26,13 @@
     if (report.status !== "done") return report.status === "failed";
     const summary = report.summary;
     field("definition").textContent = summary.definition;
-    field("revenue").textContent = `€${summary.revenue}`;
-    field("order_count").textContent = summary.order_count;
-    field("average_order_value").textContent = `€${summary.average_order_value}`;
+    field("revenue").textContent = money(summary.revenue, summary.currency);
+    field("order_count").textContent = count(summary.order_count);
+    field("average_order_value").textContent = money(summary.average_order_value, summary.currency);
     const rows = field("top_products");
     rows.replaceChildren(...summary.top_products.map((product) => {
       const tr = document.createElement("tr");
-      tr.append(cell(`${product.name} ${product.sku}`), cell(product.quantity, true), cell(`€${product.revenue}`, true));
+      tr.append(cell(`${product.name} ${product.sku}`), cell(count(product.quantity), true), cell(money(product.revenue, summary.currency), true));
       return tr;
     }));
     field("chart").src = report.chart_url;

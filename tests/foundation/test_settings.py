@@ -38,6 +38,8 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         ({"DEBUG": "0"}, "SECRET_KEY"),
         ({"DEBUG": "maybe"}, "DEBUG"),
         ({"TIME_ZONE": "Mars/Olympus_Mons"}, "TIME_ZONE"),
+        ({"SHOP_CURRENCY": "EURO"}, "SHOP_CURRENCY"),
+        ({"SHOP_LOCALE": "xx_YY"}, "SHOP_LOCALE"),
         ({"EMAIL_URL": "pigeon://coop"}, "EMAIL_URL"),
         ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
         ({"DATABASE_CONN_MAX_AGE": "forever"}, "DATABASE_CONN_MAX_AGE"),

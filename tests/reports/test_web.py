@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
+from decimal import Decimal
 from io import StringIO
 from zoneinfo import ZoneInfo
 
@@ -42,6 +43,22 @@ def test_staff_see_the_list_the_page_the_json_and_download_the_files(admin_clien
     assert b"".join(download.streaming_content).startswith(b"date,sku,product,quantity,revenue")
     chart = admin_client.get(body["chart_url"])
     assert chart["Content-Type"] == "image/png" and b"".join(chart.streaming_content)[:4] == b"\x89PNG"
+
+
+def test_amounts_and_counts_are_shown_for_people_while_the_csv_and_json_stay_plain(admin_client, settings) -> None:
+    make_sales([Sale(datetime(2025, 6, 3, 12, tzinfo=ZoneInfo("UTC")), "completed", (("SAFE", 1500, Decimal("1021.24")),))])
+    report = requesting.request_report(kind="custom", start=date(2025, 6, 1), end=date(2025, 6, 30), enqueue=False)
+    report = generation.generate_report_inline(report.pk)
+
+    page = admin_client.get(f"/reports/{report.pk}/").content.decode()
+    assert "€1,531,860.00" in page and ">1,500<" in page
+    assert "€1,531,860.00" in admin_client.get("/reports/").content.decode()
+    assert admin_client.get(f"/api/reports/{report.pk}/").json()["summary"]["revenue"] == "1531860.00"
+    csv = b"".join(admin_client.get(f"/reports/{report.pk}/download/").streaming_content).decode()
+    assert ",1500,1531860.00" in csv
+
+    settings.SHOP_LOCALE = "nl_NL"
+    assert "€\xa01.531.860,00" in admin_client.get(f"/reports/{report.pk}/").content.decode()
 
 
 def test_the_files_are_not_public_media(admin_client, done_report) -> None:
