@@ -43,7 +43,7 @@ class ReportAdmin(admin.ModelAdmin):
 
     @admin.display(description="revenue")
     def revenue(self, report: Report) -> str:
-        return money(report.summary.get("revenue"), report.summary.get("currency"))
+        return money(report.summary.get("revenue"), report.currency)
 
     @admin.display(description="chart")
     def thumbnail(self, report: Report) -> SafeString | str:

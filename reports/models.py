@@ -65,5 +65,10 @@ class Report(models.Model):
         return f"{self.get_kind_display()} report {self.period_start} to {self.period_end}"
 
     @property
+    def currency(self) -> str:
+        """The currency of the report's amounts: the one it was made in, or the shop's for a report not made yet."""
+        return self.summary.get("currency") or settings.SHOP_CURRENCY
+
+    @property
     def is_final(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)

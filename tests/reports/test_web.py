@@ -46,7 +46,9 @@ def test_staff_see_the_list_the_page_the_json_and_download_the_files(admin_clien
 
 
 def test_amounts_and_counts_are_shown_for_people_while_the_csv_and_json_stay_plain(admin_client, settings) -> None:
-    make_sales([Sale(datetime(2025, 6, 3, 12, tzinfo=ZoneInfo("UTC")), "completed", (("SAFE", 1500, Decimal("1021.24")),))])
+    make_sales(
+        [Sale(datetime(2025, 6, 3, 12, tzinfo=ZoneInfo("UTC")), "completed", (("SAFE", 1500, Decimal("1021.24")),))]
+    )
     report = requesting.request_report(kind="custom", start=date(2025, 6, 1), end=date(2025, 6, 30), enqueue=False)
     report = generation.generate_report_inline(report.pk)
 
@@ -172,3 +174,12 @@ def test_generate_report_rejects_bad_arguments(args: list[str], message: str) ->
     with pytest.raises(CommandError, match=message):
         call_command("generate_report", *args, stdout=StringIO())
     assert not Report.objects.exists()
+
+
+def test_the_page_of_a_report_not_made_yet_shows_its_progress(admin_client) -> None:
+    report = requesting.request_report(kind="custom", start=date(2025, 6, 1), end=date(2025, 6, 30), enqueue=False)
+
+    response = admin_client.get(f"/reports/{report.pk}/")
+
+    assert response.status_code == 200
+    assert 'data-status="pending"' in response.content.decode()
