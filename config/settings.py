@@ -314,7 +314,9 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_ACCEPT_CONTENT = ["json"]
 
-CELERY_RESULT_BACKEND = "django-db"
+# django-celery-results' backend ("django-db"), storing each state with one
+# upsert instead of a SELECT, an INSERT or UPDATE and a commit (core/results.py).
+CELERY_RESULT_BACKEND = "core.results:UpsertDatabaseBackend"
 # Store task name, args, kwargs, worker and queue, so the admin can show them.
 CELERY_RESULT_EXTENDED = True
 # Beat's built-in celery.backend_cleanup deletes results older than this, daily.

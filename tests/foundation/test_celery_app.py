@@ -28,7 +28,7 @@ def test_it_reads_celery_settings_through_the_namespace() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == conf.result_serializer == "json"
-    assert conf.result_backend == "django-db"
+    assert conf.result_backend == "core.results:UpsertDatabaseBackend"
     assert conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
     assert conf.timezone == settings.TIME_ZONE
     assert conf.task_default_queue == "default"

@@ -7,6 +7,8 @@ listed in the admin and can be retried.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from django.db import transaction
 from django_celery_results.models import TaskResult
@@ -45,3 +47,36 @@ def test_a_failing_task_that_ignores_results_still_stores_its_failure(worker) ->
     row = wait_for(lambda: TaskResult.objects.filter(task_id=broken.id).first(), 30, 0.1, "the failure")
     assert row.status == "FAILURE"
     assert row.task_name == "notifications.tasks.send_notification"
+
+
+@pytest.mark.django_db
+def test_each_stored_state_is_one_statement_that_keeps_the_library_s_fields(django_assert_num_queries) -> None:
+    from celery import states
+
+    from config import celery_app
+
+    backend = celery_app.backend
+    request = SimpleNamespace(
+        id="upsert-1",
+        task="orders.tasks.process_order",
+        argsrepr="[42]",
+        kwargsrepr="{}",
+        hostname="w1@host",
+        periodic_task_name=None,
+        children=[],
+        meta={},
+    )
+
+    with django_assert_num_queries(1):
+        backend.store_result("upsert-1", None, states.STARTED, request=request)
+    started = TaskResult.objects.get(task_id="upsert-1")
+    assert (started.status, started.task_name, started.worker) == ("STARTED", "orders.tasks.process_order", "w1@host")
+    assert started.date_started is not None
+
+    with django_assert_num_queries(1):
+        backend.store_result("upsert-1", "completed", states.SUCCESS, request=request)
+    [done] = TaskResult.objects.filter(task_id="upsert-1")
+    assert (done.status, done.result, done.task_args) == ("SUCCESS", '"completed"', '"[42]"')
+    assert (done.date_started, done.date_created) == (started.date_started, started.date_created)
+    assert done.date_done >= started.date_done
+    assert backend.get_task_meta("upsert-1")["result"] == "completed"
