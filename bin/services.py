@@ -95,12 +95,25 @@ def as_postgres_user(command: list[str]) -> list[str]:
 
 
 def start_postgres() -> tuple[str, dict]:
-    initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
+    if not (pg_bin("initdb") and pg_bin("pg_ctl")):
         sys.exit(
             f"services: PostgreSQL is not running and its binaries (initdb, pg_ctl) are not installed.\n{INSTALL_HINT}"
         )
     port = 5432 if not port_open("127.0.0.1", 5432) else free_port()
+    record = init_postgres(port)
+    log(f"started a throwaway PostgreSQL on port {port} ({record['data']})")
+    url = f"postgres://postgres@127.0.0.1:{port}/backoffice"
+    return url, record
+
+
+def init_postgres(port: int) -> dict:
+    """initdb a throwaway cluster (trust auth, user postgres) under a temporary folder and start it on `port`.
+
+    Returns the record that pg_ctl() and remove_postgres() take. The fault tests
+    use this too, for a server of their own that they restart.
+    """
+    initdb, pg_ctl_path = pg_bin("initdb"), pg_bin("pg_ctl")
+    assert initdb and pg_ctl_path, "initdb and pg_ctl are not installed"
     root = Path(tempfile.mkdtemp(prefix="backoffice-test-pg-"))
     root.chmod(0o755)
     data, sockets = root / "data", root / "sockets"
@@ -111,16 +124,29 @@ def start_postgres() -> tuple[str, dict]:
             shutil.chown(path, "postgres", "postgres")
     subprocess.run(
         as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        as_postgres_user([pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w", "start"]),
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    log(f"started a throwaway PostgreSQL on port {port} ({data})")
-    url = f"postgres://postgres@127.0.0.1:{port}/backoffice"
-    return url, {"kind": "postgres", "pg_ctl": pg_ctl, "data": str(data), "root": str(root)}
+    record = {"kind": "postgres", "pg_ctl": pg_ctl_path, "data": str(data), "root": str(root), "options": options}
+    pg_ctl(record, "start")
+    return record
+
+
+def pg_ctl(record: dict, action: str, mode: str = "fast") -> None:
+    """Run `pg_ctl start|stop|restart` on a cluster made by init_postgres(), waiting until it is done."""
+    command = [record["pg_ctl"], "-D", record["data"], "-w", action]
+    if action in {"start", "restart"}:
+        command += ["-o", record["options"], "-l", str(Path(record["root"]) / "server.log")]
+    if action in {"stop", "restart"}:
+        command += ["-m", mode]
+    subprocess.run(as_postgres_user(command), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def remove_postgres(record: dict) -> None:
+    with contextlib.suppress(subprocess.CalledProcessError):
+        pg_ctl(record, "stop", mode="immediate")
+    shutil.rmtree(record["root"], ignore_errors=True)
 
 
 def start_redis() -> tuple[str, dict]:
@@ -178,14 +204,11 @@ def down() -> None:
         return
     for record in json.loads(STATE.read_text()):
         if record["kind"] == "postgres":
-            subprocess.run(
-                as_postgres_user([record["pg_ctl"], "-D", record["data"], "-m", "immediate", "-w", "stop"]),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            remove_postgres(record)
         elif record["kind"] == "redis":
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(Path(record["pidfile"]).read_text()), 15)
-        shutil.rmtree(record["root"], ignore_errors=True)
+            shutil.rmtree(record["root"], ignore_errors=True)
         log(f"stopped the throwaway {record['kind']}")
     STATE.unlink()
 

@@ -314,9 +314,11 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_ACCEPT_CONTENT = ["json"]
 
-# django-celery-results' backend ("django-db"), storing each state with one
-# upsert instead of a SELECT, an INSERT or UPDATE and a commit (core/results.py).
-CELERY_RESULT_BACKEND = "core.results:UpsertDatabaseBackend"
+# django-celery-results' backend ("django-db"): core/results.py stores each state with
+# one upsert instead of a SELECT, an INSERT or UPDATE and a commit, and
+# ops/result_backend.py makes it survive a database restart in every worker process,
+# the pool's main process included.
+CELERY_RESULT_BACKEND = "ops.result_backend:DatabaseBackend"
 # Store task name, args, kwargs, worker and queue, so the admin can show them.
 CELERY_RESULT_EXTENDED = True
 # Beat's built-in celery.backend_cleanup deletes results older than this, daily.

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 from celery import Task, signals
-from django.db import close_old_connections, connections
+from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from core.sockets import is_quiet
@@ -16,6 +16,26 @@ from ops.catalog import subject_ref
 
 logger = logging.getLogger("ops.tasks")
 _started: dict[str, float] = {}
+# True in a prefork worker's main process, whose children run the tasks (see ops.result_backend).
+_pool_main_process = False
+
+
+@signals.worker_init.connect(dispatch_uid="ops.worker.note_pool_main_process")
+def note_pool_main_process(sender: Any = None, **kwargs: Any) -> None:
+    """Remember whether this worker process hands its tasks to prefork children."""
+    global _pool_main_process
+    pool = getattr(sender, "pool_cls", "")  # "prefork" from the command line, or the pool class
+    _pool_main_process = "prefork" in (pool if isinstance(pool, str) else pool.__module__)
+
+
+@signals.worker_process_init.connect(dispatch_uid="ops.worker.note_pool_child")
+def note_pool_child(**kwargs: Any) -> None:
+    global _pool_main_process
+    _pool_main_process = False
+
+
+def in_pool_main_process() -> bool:
+    return _pool_main_process
 
 
 @signals.task_prerun.connect(dispatch_uid="ops.worker.release_connections_before")
@@ -27,11 +47,15 @@ def release_broken_connections(**kwargs: Any) -> None:
     between tasks. This is the same check Django runs around every web request:
     a connection that raised an error and is no longer usable, or one past its
     age, is closed here, so the next task opens a fresh one instead of failing.
+    A connection inside a transaction is left alone: closing it would break the
+    transaction (a task may store its progress from inside one; see ops.result_backend).
     """
-    close_old_connections()
     for connection in connections.all(initialized_only=True):
+        if connection.in_atomic_block:
+            continue
+        connection.close_if_unusable_or_obsolete()  # what django.db.close_old_connections() does
         if connection.connection is not None and _server_said_nothing(connection):
-            # close_old_connections() re-arms CONN_HEALTH_CHECKS, which costs every
+            # close_if_unusable_or_obsolete() re-arms CONN_HEALTH_CHECKS, which costs every
             # task a "SELECT 1" round trip: profiling the Celery floor put it at a
             # fifth of a worker child's time. A server that ends a session (restart,
             # pg_terminate_backend, idle timeout) first sends a message or closes the

@@ -12,6 +12,7 @@ from django.conf import settings
 from django_celery_results.models import TaskResult
 
 from config import celery_app
+from core.results import UpsertDatabaseBackend
 from tests.support.processes import PROJECT_ROOT
 
 
@@ -28,7 +29,8 @@ def test_it_reads_celery_settings_through_the_namespace() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"]
     assert conf.task_serializer == conf.result_serializer == "json"
-    assert conf.result_backend == "core.results:UpsertDatabaseBackend"
+    assert conf.result_backend == "ops.result_backend:DatabaseBackend"
+    assert isinstance(celery_app.backend, UpsertDatabaseBackend)  # one upsert per stored state (core/results.py)
     assert conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
     assert conf.timezone == settings.TIME_ZONE
     assert conf.task_default_queue == "default"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.cookiejar
+import importlib.util
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -14,10 +16,24 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from urllib.parse import urlsplit
 
 import redis
 
-from tests.support.processes import ManagedProcess, free_port, wait_for
+from tests.support.processes import PROJECT_ROOT, ManagedProcess, free_port, wait_for
+
+
+def _load_services() -> ModuleType:
+    """bin/services.py, the script that starts throwaway servers for bin/test (it is not a package module)."""
+    spec = importlib.util.spec_from_file_location("backoffice_services", PROJECT_ROOT / "bin" / "services.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+services = _load_services()
 
 
 class RedisServer:
@@ -63,6 +79,80 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (initdb, trust auth) on a port of its own, that the test can restart.
+
+    `copy_database(source_url)` fills its database `backoffice` with a copy of another
+    database, schema and rows, so a test can build its data with the usual factories
+    in the test database and then run processes against the copy.
+    """
+
+    name = "backoffice"
+
+    def __init__(self) -> None:
+        assert services.pg_bin("initdb"), "PostgreSQL is not installed (apt-get install postgresql)"
+        self.port = free_port()
+        self.record: dict | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{self.name}"
+
+    def start(self) -> PostgresServer:
+        if self.record is None:
+            self.record = services.init_postgres(self.port)
+        else:
+            services.pg_ctl(self.record, "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: "fast" ends every session first, as a restart by an operator does."""
+        assert self.record is not None
+        services.pg_ctl(self.record, "stop", mode=mode)
+
+    def restart(self, mode: str = "fast") -> None:
+        assert self.record is not None
+        services.pg_ctl(self.record, "restart", mode=mode)
+
+    def copy_database(self, source_url: str) -> None:
+        """Create this server's database as a copy of the one at source_url (pg_dump piped into psql)."""
+        source = urlsplit(source_url)
+        psql, pg_dump = services.pg_bin("psql"), services.pg_bin("pg_dump")
+        assert psql and pg_dump
+        target = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+        subprocess.run([psql, *target, "-d", "postgres", "-qc", f"CREATE DATABASE {self.name}"], check=True)
+        dump = subprocess.Popen(
+            [
+                pg_dump,
+                "-h",
+                source.hostname or "127.0.0.1",
+                "-p",
+                str(source.port or 5432),
+                "-U",
+                source.username or "postgres",
+                "--no-owner",
+                "--no-privileges",
+                source.path.lstrip("/"),
+            ],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PGPASSWORD": source.password or ""},
+        )
+        subprocess.run(
+            [psql, *target, "-d", self.name, "-q", "-v", "ON_ERROR_STOP=1"],
+            stdin=dump.stdout,
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+        assert dump.wait() == 0, "pg_dump failed"
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.record is not None:
+            services.remove_postgres(self.record)
 
 
 class WebProcess(ManagedProcess):

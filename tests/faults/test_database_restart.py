@@ -1,0 +1,59 @@
+"""PostgreSQL restarted under a running worker: every worker process, the main one included, comes back to work."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from orders.models import Order
+from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_final
+from tests.support.processes import WorkerProcess, wait_for
+from tests.support.servers import PostgresServer, WebProcess
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def kill_busy_children(shop: Shop, worker: WorkerProcess, ids: list[int]) -> None:
+    """SIGKILL the worker's children while each is in the middle of an order, so the main process retries them."""
+    wait_for(
+        lambda: Order.objects.using(shop.db).filter(pk__in=ids, status="processing").count() == len(ids),
+        30,
+        0.05,
+        f"orders {ids} to be processing",
+    )
+    for child in worker.child_pids():
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_worker_whose_children_die_after_postgresql_restarted_goes_on_processing(
+    shop: Shop, own_postgres: PostgresServer
+) -> None:
+    shop.move_to(own_postgres)
+    # Each order spends seconds at the gateway, so both children are busy when they are killed.
+    env = {**shop.env, "PAYMENT_SANDBOX_LATENCY_MS": "1500"}
+    with WebProcess(env) as web, WorkerProcess(env, concurrency=2) as worker:
+        web.wait_ready()
+        worker.wait_started()
+
+        def place(count: int) -> list[int]:
+            return Customers(web.base_url, shop.session_key, shop.skus, clients=count, orders_each=1).start().wait()
+
+        # A child lost: the main process records the retry, on a database connection of its own.
+        first = place(2)
+        kill_busy_children(shop, worker, first)
+        wait_until_final(shop, first, 60)
+
+        shop.restart_postgres(own_postgres)
+
+        # Lost again, now that any connection the main process kept is dead; the children
+        # forked to replace them start from the main process's state.
+        second = place(2)
+        kill_busy_children(shop, worker, second)
+        third = place(4)
+        wait_until_final(shop, first + second + third, 90)
+        output = worker.output()
+    assert_each_order_done_once(shop, first + second + third)
+    assert "Pool callback raised exception" not in output
+    assert "DjangoWorkerFixup.on_worker_process_init raised" not in output
