@@ -13,6 +13,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("config", task_cls="core.base_task:ProjectTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Every worker proves that it takes work, for its health check (ops/liveness.py).
+app.steps["consumer"].add("ops.liveness:LivenessProbe")
 
 
 @signals.setup_logging.connect

@@ -201,7 +201,10 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"task_context": {"()": "core.logging.TaskContextFilter"}},
+    "filters": {
+        "task_context": {"()": "core.logging.TaskContextFilter"},
+        "hide_probes_received": {"()": "ops.liveness.HideProbesReceived"},
+    },
     "formatters": {
         "standard": {
             "format": "%(asctime)s %(levelname)-7s %(processName)s %(name)s %(task_ref)s%(message)s",
@@ -221,6 +224,7 @@ LOGGING = {
         # ops.worker logs every task's outcome with its duration and object; Celery's
         # own per-task lines would say the same thing twice.
         "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"filters": ["hide_probes_received"]},
     },
 }
 
@@ -271,6 +275,9 @@ REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366, minimum=1)
 # --- Operations -------------------------------------------------------------
 # Beat counts as dead when its leader's heartbeat is older than this.
 BEAT_HEARTBEAT_MAX_AGE = env_duration("BEAT_HEARTBEAT_MAX_AGE", "30s")
+# Each worker sends itself a probe task this often; `manage.py worker_status` (its
+# health check) fails once three intervals pass without proof that it takes work.
+WORKER_PROBE_INTERVAL = env_duration("WORKER_PROBE_INTERVAL", "15s")
 # GET /metrics with "Authorization: Bearer <token>" (staff sessions work without it).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
@@ -333,6 +340,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # against max_retries, so a task that kills its worker every time ends FAILED
 # instead of looping. The delay is the base task's default_retry_delay (seconds).
 CELERY_TASK_RETRY_ON_WORKER_LOST = True
+# Each worker also consumes a queue of its own (<node>.dq2), where it sends itself
+# the liveness probe (ops/liveness.py).
+CELERY_WORKER_DIRECT = True
 # Take one message per free process: long tasks never sit behind another
 # process's prefetched backlog, and acks_late keeps the rest on the broker.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -97,13 +97,21 @@ def test_every_service_has_a_health_check_that_points_at_something_that_exists(n
 
 
 @pytest.mark.parametrize(("name", "queue"), WORKERS.items())
-def test_each_queue_class_has_its_own_worker_that_pings_itself(name: str, queue: str) -> None:
+def test_each_queue_class_has_its_own_worker_whose_health_check_asks_whether_it_takes_work(
+    name: str, queue: str
+) -> None:
     words = shlex.split(SERVICES[name]["command"])
     assert words[words.index("-Q") + 1] == queue
     nodename = words[words.index("-n") + 1]
     assert nodename.endswith("@%h")
+    # Not `celery inspect ping`: a worker can answer pings and take no work.
     health = SERVICES[name]["healthcheck"]["test"][1]
-    assert f"inspect ping -d {nodename.split('@')[0]}@$$HOSTNAME" in health
+    assert health == f"python manage.py worker_status {nodename.split('@')[0]}@$$HOSTNAME"
+
+
+def test_every_app_process_is_started_again_when_it_exits() -> None:
+    for name in [*APP_SERVICES, "postgres", "redis"]:
+        assert SERVICES[name]["restart"] == "unless-stopped", name
 
 
 @pytest.mark.parametrize("name", WORKERS)
