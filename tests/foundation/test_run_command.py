@@ -51,6 +51,20 @@ def processes_running_in(directory: Path) -> list[int]:
     return found
 
 
+def worker_main_process(directory: Path) -> int | None:
+    """The celery worker started by the run command (not its pool children)."""
+    for pid in processes_running_in(directory):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"worker" in command and b"keep-running" not in b" ".join(command) and b"keep-running" in parent_command:
+            return pid
+    return None
+
+
 @pytest.mark.slow
 def test_the_run_command_brings_up_web_worker_and_beat_from_a_fresh_clone_and_stops_them(tmp_path: Path) -> None:
     clone = fresh_copy(tmp_path / "clone")
@@ -82,6 +96,14 @@ def test_the_run_command_brings_up_web_worker_and_beat_from_a_fresh_clone_and_st
         stats = subprocess.run(["bin/manage", "queue_stats"], cwd=clone, env=env, capture_output=True, text=True)
         assert stats.returncode == 0, stats.stderr
         assert "default" in stats.stdout and "worker(s) online" in stats.stdout
+
+        # A worker that dies (here: killed outright) is started again; web and beat go on.
+        dead = wait_for(lambda: worker_main_process(clone), 10, 0.2, "the worker's process")
+        os.kill(dead, signal.SIGKILL)
+        wait_for(lambda: "keep-running: .venv/bin/celery exited" in run.output(), 30, 0.5, "the restart notice")
+        wait_for(lambda: worker_main_process(clone) not in (None, dead), 30, 0.5, "a new worker")
+        wait_for(worker_pongs, 60, 1, "the new worker to answer inspect ping")
+        assert run.alive() and http_status(f"{base}/accounts/login/") == 200
 
         # Ctrl-C in a terminal sends SIGINT to the whole foreground process group.
         os.killpg(run.pid, signal.SIGINT)
