@@ -302,6 +302,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # The file broker is polled: Kombu's default of once a second made tasks wait up
+        # to a second and ping replies miss the health check's timeout (ops/health.py).
+        "polling_interval": 0.1,
     }
 else:
     # Kombu's Redis transport, sharing one Redis client per channel (see ops/broker.py).

@@ -16,6 +16,16 @@ from ops.models import BeatHeartbeat
 PING_TIMEOUT = 0.5
 
 
+def ping_timeout() -> float:
+    """How long to wait for ping replies: PING_TIMEOUT, plus two polls on a broker that is polled.
+
+    On the embedded file broker a worker reads the ping only at its next poll, and
+    the reply is read at ours; Redis delivers both at once.
+    """
+    polling = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("polling_interval") or 0
+    return PING_TIMEOUT + 2 * polling
+
+
 @dataclass
 class Part:
     ok: bool
@@ -62,12 +72,12 @@ def workers() -> Part:
         # remembers the reply queue as declared after the previous ping deleted
         # it, and the replies to the next ping are dropped.
         with celery_app.connection_for_write() as conn:
-            replies = celery_app.control.ping(timeout=PING_TIMEOUT, connection=conn)
+            replies = celery_app.control.ping(timeout=ping_timeout(), connection=conn)
     except Exception as exc:  # the broker is down, so no worker can be reached either
         return Part(False, f"cannot ping workers: {exc}", {"online": []})
     names = sorted(name for reply in replies for name in reply)
     if not names:
-        return Part(False, f"no worker answered a ping within {PING_TIMEOUT}s", {"online": []})
+        return Part(False, f"no worker answered a ping within {ping_timeout():g}s", {"online": []})
     return Part(True, f"{len(names)} worker(s) online", {"online": names})
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -10,7 +13,7 @@ import pytest
 from django.test import Client
 
 from ops import runs
-from tests.support.processes import BeatProcess, WorkerProcess, wait_for
+from tests.support.processes import PROJECT_ROOT, BeatProcess, WorkerProcess, wait_for
 from tests.support.servers import HttpSession, RedisServer, WebProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -138,3 +141,34 @@ def test_back_to_back_pings_all_find_the_worker(worker) -> None:
     from ops import health as checks
 
     assert [checks.workers().data["online"] for _ in range(3)] == [[worker.nodename]] * 3
+
+
+@pytest.mark.slow
+def test_on_the_embedded_file_broker_every_ping_finds_the_live_worker(process_env, tmp_path) -> None:
+    """The file broker is polled, so replies come late; `make run`'s health must not call its worker dead."""
+    env = {**process_env, "CELERY_BROKER_URL": "filesystem://", "DATA_DIR": str(tmp_path)}
+    with WorkerProcess(env) as worker:
+        worker.wait_started()
+        checks = subprocess.run(
+            [sys.executable, "-c", PING_TEN_TIMES],
+            env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert json.loads(checks.stdout.splitlines()[-1]) == [[worker.nodename]] * 10, checks.stderr[-2000:]
+
+
+# A ping takes about as long as the worker's poll, so back-to-back pings all land at
+# the same point of it; pauses of 0 to 0.9 s try every point.
+PING_TEN_TIMES = """
+import json, time, django
+django.setup()
+from ops import health
+found = []
+for tenths in range(10):
+    time.sleep(tenths / 10)
+    found.append(health.workers().data["online"])
+print(json.dumps(found))
+"""
