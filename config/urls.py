@@ -10,6 +10,9 @@ from accounts import views as account_views
 from accounts.forms import OutboxPasswordResetForm
 from ops import views as ops_views
 
+# An error raised outside a view: 503 for a database or broker outage, else the 500 page.
+handler500 = "core.unavailable.server_error"
+
 urlpatterns = [
     path("", account_views.home, name="home"),
     path("admin/ops/overview/", admin.site.admin_view(ops_views.overview), name="ops-overview"),

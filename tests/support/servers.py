@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,10 +218,14 @@ class HttpSession:
         )  # fmt: skip
 
     def request(self, method: str, path: str, payload: object = None, headers: dict[str, str] | None = None,
-                timeout: float = 30) -> Response:  # fmt: skip
-        data = None if payload is None else json.dumps(payload).encode()
+                timeout: float = 30, form: dict | None = None) -> Response:  # fmt: skip
+        """Send `payload` as JSON, or `form` as an HTML form would (the admin's actions)."""
+        if form is not None:
+            data, content_type = urllib.parse.urlencode(form, doseq=True).encode(), "application/x-www-form-urlencoded"
+        else:
+            data, content_type = None if payload is None else json.dumps(payload).encode(), "application/json"
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
+        request.add_header("Content-Type", content_type)
         request.add_header("X-CSRFToken", self.csrf)
         request.add_header("Referer", self.base_url + "/")
         for name, value in (headers or {}).items():
