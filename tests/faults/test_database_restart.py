@@ -9,7 +9,7 @@ import pytest
 
 from orders.models import Order
 from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_final
-from tests.support.processes import WorkerProcess, wait_for
+from tests.support.processes import BeatProcess, WorkerProcess, wait_for
 from tests.support.servers import PostgresServer, WebProcess
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -57,3 +57,42 @@ def test_a_worker_whose_children_die_after_postgresql_restarted_goes_on_processi
     assert_each_order_done_once(shop, first + second + third)
     assert "Pool callback raised exception" not in output
     assert "DjangoWorkerFixup.on_worker_process_init raised" not in output
+
+
+def test_postgresql_restarted_under_load_then_worker_children_replaced_loses_nothing_and_workers_go_on(
+    shop: Shop, own_postgres: PostgresServer
+) -> None:
+    shop.move_to(own_postgres)
+    env = {**shop.env, "PAYMENT_SANDBOX_LATENCY_MS": "200"}  # children are mostly busy when they are killed
+    with (
+        WebProcess(env) as web,
+        WorkerProcess(env) as first,
+        WorkerProcess(env) as second,
+        BeatProcess(env) as beat,
+    ):
+        web.wait_ready()
+        workers = [first.wait_started(), second.wait_started()]
+        customers = Customers(web.base_url, shop.session_key, shop.skus, clients=3, orders_each=15).start()
+
+        def after(placed: int) -> None:
+            wait_for(lambda: customers.count() >= placed, 60, 0.05, f"{placed} orders placed")
+
+        after(5)
+        for worker in workers:  # lost children: each main process now has used the database
+            for child in worker.child_pids():
+                os.kill(child, signal.SIGKILL)
+        after(15)
+        shop.restart_postgres(own_postgres)  # web, workers and beat lose every connection
+        after(25)
+        for worker in workers:  # replaced again, forked from main processes that lived through the restart
+            for child in worker.child_pids():
+                os.kill(child, signal.SIGKILL)
+
+        ids = customers.wait()
+        wait_until_final(shop, ids)
+        for process in (*workers, beat):
+            assert process.alive(), process.output()[-3000:]
+        outputs = "".join(worker.output() for worker in workers)
+    assert_each_order_done_once(shop, ids)
+    assert "Pool callback raised exception" not in outputs
+    assert "DjangoWorkerFixup.on_worker_process_init raised" not in outputs
