@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_final
+from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_settled
 from tests.support.processes import BeatProcess, WorkerProcess, wait_for
 from tests.support.servers import WebProcess
 
@@ -27,5 +27,5 @@ def test_beat_killed_and_started_again_leads_at_once_and_its_sweeps_recover_orde
 
         with BeatProcess(shop.env) as second:
             wait_for(lambda: "is the leader now" in second.output(), 15, 0.2, "the new beat to lead")
-            wait_until_final(shop, ids, 60)
+            wait_until_settled(shop, ids, 60)
     assert_each_order_done_once(shop, ids)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from orders.models import Order
-from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_final
+from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_settled
 from tests.support.broker import sweep_until
 from tests.support.processes import BeatProcess, WorkerProcess, wait_for
 from tests.support.servers import WebProcess
@@ -33,7 +33,7 @@ def test_redis_stopped_under_load_and_restarted_empty_loses_nothing_and_the_same
         shop.redis.start()
 
         ids = customers.wait()
-        wait_until_final(shop, ids)
+        wait_until_settled(shop, ids)
         for worker in workers:
             assert worker.alive(), f"a worker exited:\n{worker.output()[-3000:]}"
             assert "Unrecoverable error" not in worker.output()
@@ -60,7 +60,7 @@ def test_a_worker_holding_a_task_when_redis_stops_stays_up_and_consumes_again_on
         shop.redis.start()
 
         later = Customers(web.base_url, shop.session_key, shop.skus, clients=2, orders_each=2).start().wait()
-        wait_until_final(shop, later, 60)  # taken by the same worker process, after its reconnect
+        wait_until_settled(shop, later, 60)  # taken by the same worker process, after its reconnect
         # The held order's message went with the old Redis; the sweep that beat runs brings it back.
         sweep_until(
             shop.redis.url,
@@ -69,6 +69,7 @@ def test_a_worker_holding_a_task_when_redis_stops_stays_up_and_consumes_again_on
             "completed",
             "the sweep to finish the order whose message was lost",
         )
+        wait_until_settled(shop, [held, *later], 60)
         assert worker.alive()
         assert "Unrecoverable error" not in worker.output()
     assert_each_order_done_once(shop, [held, *later])

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from orders.models import Order
-from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_final
+from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_settled
 from tests.support.processes import BeatProcess, WorkerProcess, wait_for
 from tests.support.servers import PostgresServer, WebProcess
 
@@ -43,7 +43,7 @@ def test_a_worker_whose_children_die_after_postgresql_restarted_goes_on_processi
         # A child lost: the main process records the retry, on a database connection of its own.
         first = place(2)
         kill_busy_children(shop, worker, first)
-        wait_until_final(shop, first, 60)
+        wait_until_settled(shop, first, 60)
 
         shop.restart_postgres(own_postgres)
 
@@ -52,7 +52,7 @@ def test_a_worker_whose_children_die_after_postgresql_restarted_goes_on_processi
         second = place(2)
         kill_busy_children(shop, worker, second)
         third = place(4)
-        wait_until_final(shop, first + second + third, 90)
+        wait_until_settled(shop, first + second + third, 90)
         output = worker.output()
     assert_each_order_done_once(shop, first + second + third)
     assert "Pool callback raised exception" not in output
@@ -89,7 +89,7 @@ def test_postgresql_restarted_under_load_then_worker_children_replaced_loses_not
                 os.kill(child, signal.SIGKILL)
 
         ids = customers.wait()
-        wait_until_final(shop, ids)
+        wait_until_settled(shop, ids)
         for process in (*workers, beat):
             assert process.alive(), process.output()[-3000:]
         outputs = "".join(worker.output() for worker in workers)

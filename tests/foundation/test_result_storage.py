@@ -35,7 +35,11 @@ def test_an_order_stores_its_result_without_a_started_write_and_its_email_stores
     )  # fmt: skip
     order.refresh_from_db()
     assert order.status == Order.Status.COMPLETED
-    [result] = TaskResult.objects.filter(task_name="orders.tasks.process_order")
+    # The email can go out before the order's task, which queued it, has stored its result.
+    result = wait_for(
+        lambda: TaskResult.objects.filter(task_name="orders.tasks.process_order").first(), 30, 0.1, "the order's result"
+    )
+    assert TaskResult.objects.filter(task_name="orders.tasks.process_order").count() == 1
     assert (result.status, result.date_started) == ("SUCCESS", None)  # no STARTED state was written
     assert result.task_id == order.events.get(kind="attempt").task_id
     assert email.task_id and not TaskResult.objects.filter(task_id=email.task_id).exists()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from django.db import connection
 
 from config import celery_app
+from tests.support.processes import wait_for
 
 
 @celery_app.task(name="tests.foundation.backend_pid")
@@ -42,11 +42,23 @@ def test_a_connection_broken_inside_a_task_is_replaced_before_the_next_task(thre
     assert after != before
 
 
+def terminate(pid: int) -> None:
+    """End a PostgreSQL session and wait until its process has gone, its goodbye sent to the client's socket."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    def gone() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+            return cursor.fetchone()[0] == 0
+
+    wait_for(gone, 10, 0.02, f"backend {pid} to exit")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_connection_dropped_while_idle_is_replaced_before_the_next_task(thread_worker: object) -> None:
     before = backend_pid.delay().get(timeout=20)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(%s)", [before])
+    terminate(before)
 
     after = backend_pid.delay().get(timeout=20)
     assert after != before
@@ -83,8 +95,6 @@ def test_a_quiet_connection_skips_the_health_check_and_a_dropped_one_gets_it(thr
     assert [backend_pid.delay().get(timeout=20) for _ in range(3)] == [pid] * 3
     assert checks_by_worker == [], "a healthy, quiet connection was health-checked"
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-    time.sleep(0.2)  # the server's goodbye reaches the worker's socket
+    terminate(pid)
     assert backend_pid.delay().get(timeout=20) != pid
     assert checks_by_worker, "the dropped connection was not health-checked"

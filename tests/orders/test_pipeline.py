@@ -14,6 +14,7 @@ from config import celery_app
 from orders.models import Order, Payment
 from tests.factories import StaffFactory
 from tests.orders.helpers import fault, ledger, place, product, stock_of
+from tests.support.broker import wait_until_idle
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -98,7 +99,9 @@ def test_a_failure_after_the_charge_is_refunded_and_can_be_replayed_from_the_adm
     assert stock_of(mug) == 3
 
 
-def test_the_same_order_delivered_twice_and_on_two_workers_is_charged_once(start_worker_process, customer) -> None:
+def test_the_same_order_delivered_twice_and_on_two_workers_is_charged_once(
+    start_worker_process, customer, broker
+) -> None:
     start_worker_process(PAYMENT_SANDBOX_LATENCY_MS="300")
     start_worker_process(PAYMENT_SANDBOX_LATENCY_MS="300")
     mug = product(stock=10)
@@ -111,7 +114,7 @@ def test_the_same_order_delivered_twice_and_on_two_workers_is_charged_once(start
     process_order.delay(order.pk)
 
     assert status_of(order).status == "completed"
-    time.sleep(2)  # let every copy finish
+    wait_until_idle(broker, "every copy of the task")
     assert len(ledger(order)) == 1
     assert Payment.objects.filter(order=order).count() == 1
     assert stock_of(mug) == 7

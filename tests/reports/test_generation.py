@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -90,8 +89,8 @@ def test_a_scheduled_monthly_report_runs_on_a_worker_for_the_previous_month(star
     )
     assert report.requested_by is None
 
-    generate_monthly_report.delay()  # idempotent for its period
-    time.sleep(2)
+    again = generate_monthly_report.delay()  # idempotent for its period
+    wait_for(lambda: TaskResult.objects.filter(task_id=again.id, status="SUCCESS").exists(), 60, 0.2, "the second run")
     assert Report.objects.filter(kind="monthly").count() == 1
 
 
