@@ -280,6 +280,8 @@ BEAT_HEARTBEAT_MAX_AGE = env_duration("BEAT_HEARTBEAT_MAX_AGE", "30s")
 # Each worker sends itself a probe task this often; `manage.py worker_status` (its
 # health check) fails once three intervals pass without proof that it takes work.
 WORKER_PROBE_INTERVAL = env_duration("WORKER_PROBE_INTERVAL", "15s")
+# Failures (/admin/ops/failures/) are kept this long, independent of task results.
+FAILURE_RETENTION = env_duration("FAILURE_RETENTION", "30d")
 # GET /metrics with "Authorization: Bearer <token>" (staff sessions work without it).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 
@@ -400,6 +402,7 @@ CELERY_TASK_ROUTES = {
     # Module defaults.
     "notifications.tasks.*": {"queue": "high_priority"},
     "reports.tasks.*": {"queue": "low_priority"},
+    "ops.tasks.*": {"queue": "low_priority"},
     "orders.tasks.*": {"queue": "default"},
 }
 

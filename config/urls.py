@@ -16,6 +16,7 @@ handler500 = "core.unavailable.server_error"
 urlpatterns = [
     path("", account_views.home, name="home"),
     path("admin/ops/overview/", admin.site.admin_view(ops_views.overview), name="ops-overview"),
+    path("admin/ops/failures/", admin.site.admin_view(ops_views.failures_page), name="ops-failures"),
     path("admin/", admin.site.urls),
     path("health/live", ops_views.health_live, name="health-live"),
     path("health/", ops_views.health_ready, name="health"),

@@ -50,3 +50,49 @@ class BeatHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"beat {self.node} ({self.role})"
+
+
+class Failure(models.Model):
+    """Work that failed for good: a task that ended in FAILURE, the domain's own failures included.
+
+    Kept for FAILURE_RETENTION, independent of task results, so a failure stays
+    listed (and replayable) after its result expired. Failures with the same task,
+    error type and error text (numbers, ids and addresses left out) share a
+    fingerprint: the admin's failures page counts them as one group.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        REPLAYED = "replayed", "Replayed"
+        DISMISSED = "dismissed", "Dismissed"
+
+    task_id = models.CharField(max_length=255, unique=True)
+    task_name = models.CharField(max_length=255)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    periodic_task_name = models.CharField(max_length=255, blank=True)
+    # What the task worked on, from its `subject` declaration: "orders.Order" and "42".
+    subject_label = models.CharField(max_length=100, blank=True)
+    subject_id = models.CharField(max_length=64, blank=True)
+    error_type = models.CharField(max_length=255)
+    error = models.TextField(blank=True)
+    # The error text with what varies from one failure to the next left out.
+    label = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=32)
+    failed_at = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True, help_text="Why it was dismissed.")
+    replayed_as = models.CharField(max_length=255, blank=True, help_text="The task id of the replay.")
+
+    class Meta:
+        ordering = ["-failed_at", "-id"]
+        indexes = [
+            # The failures page groups open failures; the metrics count recent ones.
+            models.Index(fields=["status", "fingerprint"], name="failure_open_group_idx"),
+            models.Index(fields=["failed_at"], name="failure_failed_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} failed: {self.label}"

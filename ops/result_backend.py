@@ -28,10 +28,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from celery import states
 from django.db import DatabaseError, connections
 
 from core.results import UpsertDatabaseBackend
-from ops import worker
+from ops import failures, worker
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,10 @@ class DatabaseBackend(UpsertDatabaseBackend):
     ) -> Any:
         if not worker.in_pool_main_process():
             worker.release_broken_connections()
-            return super().store_result(task_id, result, state, traceback, request, **kwargs)
+            return self._store_and_record(task_id, result, state, traceback, request, **kwargs)
         with _connection_for_this_call():
             try:
-                return super().store_result(task_id, result, state, traceback, request, **kwargs)
+                return self._store_and_record(task_id, result, state, traceback, request, **kwargs)
             except DatabaseError as exc:
                 logger.error(
                     "task %s: the worker's main process could not store its state %s (%s: %s); "
@@ -67,6 +68,26 @@ class DatabaseBackend(UpsertDatabaseBackend):
                     exc,
                 )
                 return result
+
+    def _store_and_record(
+        self, task_id: str, result: Any, state: str, traceback: str | None, request: Any, **kwargs: Any
+    ) -> Any:
+        """Store the state; a FAILURE is also recorded where staff find, replay or dismiss it (ops.failures)."""
+        stored = super().store_result(task_id, result, state, traceback, request, **kwargs)
+        if state == states.FAILURE and request is not None:
+            try:
+                failures.record(
+                    task_id=task_id,
+                    task_name=_task_name(request),
+                    error=result,
+                    args=getattr(request, "args", None),
+                    kwargs=getattr(request, "kwargs", None),
+                    periodic_task_name=getattr(request, "periodic_task_name", None) or "",
+                )
+            except DatabaseError:
+                # The result row holds the failure; only the failures page misses it.
+                logger.exception("task %s: its failure could not be recorded for the failures page", task_id)
+        return stored
 
     def _get_task_meta_for(self, task_id: str) -> dict:
         # The main process reads a result after losing a child, to tell a task that
@@ -90,3 +111,9 @@ class DatabaseBackend(UpsertDatabaseBackend):
                     exc,
                 )
                 return None
+
+
+def _task_name(request: Any) -> str:
+    """The task's name, from a task's own request (a name) or from the worker's Request (a task object)."""
+    name = getattr(request, "task_name", None) or getattr(request, "task", None) or ""
+    return name if isinstance(name, str) else getattr(name, "name", "")

@@ -95,12 +95,7 @@ def run_periodic_task_now(periodic_task: PeriodicTask, *, user: Any) -> TaskRun:
 
 
 def retry_result(result: TaskResult, *, user: Any) -> TaskRun:
-    """Send a stored result's task again as a new task, with its original arguments, linked to the old one.
-
-    Domain tasks that declare `retry_with` are retried through that service (an
-    order is replayed, an email resent, a report regenerated); the rest are sent
-    again with the JSON arguments recorded when they were first sent.
-    """
+    """Send a stored result's task again as a new task, with its original arguments, linked to the old one."""
     require_permission(user)
     if not result.task_name:
         raise RetryRefused("The result does not say which task it was.")
@@ -110,7 +105,19 @@ def retry_result(result: TaskResult, *, user: Any) -> TaskRun:
         raise RetryRefused(
             f"{result.task_id}: its arguments were not recorded as JSON when it was sent, so it cannot be retried."
         ) from None
-    invocation = catalog.validate(result.task_name, args, kwargs)
+    return retry(result.task_name, result.task_id, args, kwargs, result.periodic_task_name or "", user=user)
+
+
+def retry(task_name: str, old_task_id: str, args: list, kwargs: dict, periodic_task_name: str, *, user: Any) -> TaskRun:
+    """Send a task again as a new task, with the arguments it was first sent with, and record who did it.
+
+    Domain tasks that declare `retry_with` are retried through that service (an
+    order is replayed, an email resent, a report regenerated); the rest are sent
+    again as they were. Raises RetryRefused when the domain says there is nothing
+    to retry, FieldErrors when the arguments no longer fit the task.
+    """
+    require_permission(user)
+    invocation = catalog.validate(task_name, args, kwargs)
     task_id = str(uuid.uuid4())
     service = getattr(invocation.task, "retry_with", None)
     with transaction.atomic():
@@ -119,13 +126,19 @@ def retry_result(result: TaskResult, *, user: Any) -> TaskRun:
                 subject_id = catalog.subject_id(invocation.task, args, kwargs)
                 import_string(service)(subject_id, actor_id=getattr(user, "pk", None), task_id=task_id)
             except Refused as exc:
-                raise RetryRefused(f"{result.task_id}: {exc}") from None
+                raise RetryRefused(f"{old_task_id}: {exc}") from None
             options = {"through": service}
         else:
             options = {}
             transaction.on_commit(lambda: _send(invocation, task_id=task_id))
         return TaskRun.objects.create(
-            task_name=result.task_name, task_id=task_id, args=args, kwargs=kwargs, options=options,
-            source=TaskRun.Source.RETRY, retry_of=result.task_id, periodic_task_name=result.periodic_task_name or "",
+            task_name=task_name,
+            task_id=task_id,
+            args=args,
+            kwargs=kwargs,
+            options=options,
+            source=TaskRun.Source.RETRY,
+            retry_of=old_task_id,
+            periodic_task_name=periodic_task_name,
             requested_by=user,
-        )  # fmt: skip
+        )

@@ -53,6 +53,11 @@ DEFAULTS = [
         expire_seconds=50 * MINUTE, crontab={"minute": "17"},
     ),
     DefaultSchedule(
+        "Operations: delete old failures", "ops.tasks.cleanup_failures",
+        "Delete recorded failures older than FAILURE_RETENTION.",
+        expire_seconds=HOUR, crontab={"minute": "25", "hour": "4"},
+    ),
+    DefaultSchedule(
         "Reports: daily sales", "reports.tasks.generate_daily_report", "Yesterday's sales report.",
         expire_seconds=HOUR, crontab={"minute": "5", "hour": "0"},
     ),

@@ -6,8 +6,11 @@ import hmac
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.admin import site as admin_site
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -16,7 +19,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config.api import json_error
-from ops import health
+from ops import health, runs
 from ops.metrics import BackofficeCollector
 
 
@@ -86,3 +89,55 @@ def overview(request: HttpRequest) -> HttpResponse:
         "all_failures_url": f"{results_url}?status__exact=FAILURE&date_done__gte={since}",
     }
     return TemplateResponse(request, "admin/ops/overview.html", context)
+
+
+FAILURES_VIEW_PERMISSION = "ops.view_failure"
+FAILURES_DISMISS_PERMISSION = "ops.change_failure"
+
+
+def failures_page(request: HttpRequest) -> HttpResponse:
+    """Admin page /admin/ops/failures/: open failures grouped by what went wrong; replay or dismiss a whole group."""
+    from ops import failures
+    from ops.admin import DismissForm, report_replay, subject_url
+    from ops.models import Failure
+
+    if not request.user.has_perm(FAILURES_VIEW_PERMISSION):
+        raise PermissionDenied("Seeing failures needs the 'Can view failure' permission.")
+    if request.method == "POST":
+        group = Failure.objects.filter(fingerprint=request.POST.get("fingerprint", ""))
+        if request.POST.get("action") == "replay":
+            if not request.user.has_perm(runs.RUN_PERMISSION):
+                raise PermissionDenied("Replaying needs the 'Can run and retry tasks by hand' permission.")
+            report_replay(request, failures.replay(group, user=request.user))
+        elif request.POST.get("action") == "dismiss":
+            if not request.user.has_perm(FAILURES_DISMISS_PERMISSION):
+                raise PermissionDenied("Dismissing needs the 'Can change failure' permission.")
+            form = DismissForm(request.POST)
+            if form.is_valid():
+                dismissed = failures.dismiss(group, user=request.user, note=form.cleaned_data["note"])
+                messages.success(request, f"Dismissed {dismissed} failure(s).")
+            else:
+                messages.error(request, "Say why these failures need no replay: the note is required.")
+        else:
+            return HttpResponseBadRequest("Unknown action.")
+        return redirect("ops-failures")
+    list_url = reverse("admin:ops_failure_changelist")
+    groups = [
+        {
+            "group": group,
+            "list_url": f"{list_url}?fingerprint={group.fingerprint}&status__exact=open",
+            "objects": [(label, pk, subject_url(label, pk)) for label, pk in group.objects],
+        }
+        for group in failures.groups()
+    ]
+    context = {
+        **admin_site.each_context(request),
+        "title": "Failures",
+        "groups": groups,
+        "open_count": sum(item["group"].count for item in groups),
+        "list_url": list_url,
+        "can_replay": request.user.has_perm(runs.RUN_PERMISSION),
+        "can_dismiss": request.user.has_perm(FAILURES_DISMISS_PERMISSION),
+        "retention_days": settings.FAILURE_RETENTION.days,
+    }
+    return TemplateResponse(request, "admin/ops/failures.html", context)
