@@ -273,6 +273,17 @@ REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366, minimum=1)
 BEAT_HEARTBEAT_MAX_AGE = env_duration("BEAT_HEARTBEAT_MAX_AGE", "30s")
 # GET /metrics with "Authorization: Bearer <token>" (staff sessions work without it).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# /health/, /metrics and the overview reuse the workers' answer to a ping
+# (a broadcast and a 0.5 s wait) until it is this old.
+WORKER_PING_MAX_AGE = env_duration("WORKER_PING_MAX_AGE", "10s")
+# A scheduled run must have succeeded this long plus its task's time limit
+# after it was due, or its schedule is late (ops/lateness.py).
+SCHEDULE_GRACE = env_duration("SCHEDULE_GRACE", "5m")
+# An unsent email is past its deadline after its expires_at, or this long after
+# it was queued: one by one (order emails, resets) or in bulk (campaigns, digests,
+# which the rate limit spreads out).
+EMAIL_SEND_DEADLINE = env_duration("EMAIL_SEND_DEADLINE", "15m")
+EMAIL_BULK_SEND_DEADLINE = env_duration("EMAIL_BULK_SEND_DEADLINE", "1d")
 
 # --- Celery -----------------------------------------------------------------
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads

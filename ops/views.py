@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config.api import json_error
-from ops import health
+from ops import health, lateness
 from ops.metrics import BackofficeCollector
 
 
@@ -33,14 +33,18 @@ def health_ready(request: HttpRequest) -> HttpResponse:
     """Readiness: database, broker, workers and beat. 200 when all are healthy, else 503 naming what is not.
 
     Open to anyone (load balancers and compose ask it); it tells only whether each
-    part works, plus queue depths, worker names and beat's heartbeat age.
+    part works, plus queue depths, worker names, beat's heartbeat age and which
+    schedules are late (a warning, never a 503).
     """
     parts = health.readiness()
     failing = [name for name, part in parts.items() if not part.ok]
+    # Late schedules are reported, not failed on: a late report must not take web out of service.
+    schedules = lateness.health_part()
     body = {
         "status": "ok" if not failing else "unhealthy",
         "failing": failing,
-        "checks": {name: part.as_json() for name, part in parts.items()},
+        "warnings": [] if schedules.ok else ["schedules"],
+        "checks": {**{name: part.as_json() for name, part in parts.items()}, "schedules": schedules.as_json()},
     }
     return JsonResponse(body, status=503 if failing else 200)
 
