@@ -272,6 +272,7 @@ REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366, minimum=1)
 # Beat counts as dead when its leader's heartbeat is older than this.
 BEAT_HEARTBEAT_MAX_AGE = env_duration("BEAT_HEARTBEAT_MAX_AGE", "30s")
 # GET /metrics with "Authorization: Bearer <token>" (staff sessions work without it).
+# Workers' metrics endpoints ask for the same token.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # /health/, /metrics and the overview reuse the workers' answer to a ping
 # (a broadcast and a 0.5 s wait) until it is this old.
@@ -284,6 +285,15 @@ SCHEDULE_GRACE = env_duration("SCHEDULE_GRACE", "5m")
 # which the rate limit spreads out).
 EMAIL_SEND_DEADLINE = env_duration("EMAIL_SEND_DEADLINE", "15m")
 EMAIL_BULK_SEND_DEADLINE = env_duration("EMAIL_BULK_SEND_DEADLINE", "1d")
+# Each worker serves its own task metrics on this port (0: off); see ops/worker_metrics.py.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
+if WORKER_METRICS_PORT > 65535:
+    raise ImproperlyConfigured(f"WORKER_METRICS_PORT={WORKER_METRICS_PORT} is not a TCP port (1-65535, or 0 for off).")
+WORKER_METRICS_HOST = env_str("WORKER_METRICS_HOST", "127.0.0.1")
+if WORKER_METRICS_PORT and not METRICS_TOKEN and WORKER_METRICS_HOST not in {"127.0.0.1", "localhost", "::1"}:
+    raise ImproperlyConfigured(
+        f"WORKER_METRICS_HOST={WORKER_METRICS_HOST} serves worker metrics beyond this machine; set METRICS_TOKEN too."
+    )
 
 # --- Celery -----------------------------------------------------------------
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads

@@ -1,8 +1,8 @@
 """Prometheus metrics of the web process: shared state read at scrape time, every read bounded.
 
-Web cannot read counters that live inside worker processes. What is here comes
-from places every process shares, and a scrape stays cheap however large the
-tables grow:
+Web cannot read counters that live inside worker processes; each worker exports
+its own (ops/worker_metrics.py). What is here comes from places every process
+shares, and a scrape stays cheap however large the tables grow:
 
 - workers online and per queue: the recent census (ops/census.py), not a 0.5 s
   broadcast per scrape;
