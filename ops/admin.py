@@ -14,6 +14,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -118,7 +119,10 @@ class ProjectPeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
             return "not checked (solar schedule)"
         if not check.late:
             return "on time"
-        return format_html('<strong class="schedule-late">late</strong>: {}', check.reason)
+        return format_html(
+            '<img src="{}" alt=""> <strong class="schedule-late" title="{}">late</strong> ({})',
+            static("admin/img/icon-no.svg"), check.reason, check.cause,
+        )  # fmt: skip
 
     @admin.display(description="next 5 runs")
     def upcoming_runs(self, task: PeriodicTask) -> SafeString | str:

@@ -67,6 +67,8 @@ class ScheduleCheck:
     deadline: datetime | None
     last_success_at: datetime | None
     late: bool
+    # "failing", "expired", "not taken", "not sent"... for lists; `reason` says it in full
+    cause: str
     reason: str
     checked: bool = True
     pk: int | None = None
@@ -80,6 +82,7 @@ class ScheduleCheck:
             "task": self.task,
             "owed_since": self.owed_since.isoformat() if self.owed_since else None,
             "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
+            "cause": self.cause,
             "reason": self.reason,
         }
 
@@ -224,31 +227,40 @@ def check_of(task: PeriodicTask, now: datetime | None = None) -> ScheduleCheck:
     since, deadline, checked = owed_since(task, now, grace, task.first_result_at, success)
     late = since is not None and (success is None or success < since)
     last = LastResult(task.last_result_status, task.last_result_at, None) if task.last_result_pk else None
-    reason = _why_late(task, since, last) if late else ""
+    cause, reason = _why_late(task, since, grace, last) if late else ("", "")
     return ScheduleCheck(
         name=task.name, task=task.task, owed_since=since, deadline=deadline,
-        last_success_at=success, late=late, reason=reason, checked=checked, pk=task.pk,
+        last_success_at=success, late=late, cause=cause, reason=reason, checked=checked, pk=task.pk,
     )  # fmt: skip
 
 
-def _why_late(task: PeriodicTask, since: datetime, last: LastResult | None) -> str:
-    when = f"{timezone.localtime(since):%Y-%m-%d %H:%M:%S %Z}"
-    if last is not None and last.done_at >= since:
+def _why_late(
+    task: PeriodicTask, since: datetime, grace: timedelta, last: LastResult | None
+) -> tuple[str, str]:  # fmt: skip
+    """(a short cause for lists, the whole reason).
+
+    Beat not sending comes first (nothing else can be true then); then the last
+    result since the last success, unless beat has sent the task again more than
+    a grace after it, so that later runs were never taken at all.
+    """
+    when = f"no success since {timezone.localtime(since):%Y-%m-%d %H:%M:%S %Z}"
+    sent = task.last_run_at
+    if sent is None or sent < since:
+        return "not sent", f"{when}: beat has not sent it since (is beat running?)"
+    success = task.last_success_at
+    if last is not None and (success is None or last.done_at > success) and sent <= last.done_at + grace:
         at = f"{timezone.localtime(last.done_at):%H:%M:%S}"
         if last.status == states.FAILURE:
-            return f"no success since {when}: its runs fail (the last one at {at}, {_error_of(task)})"
+            return "failing", f"{when}: its runs fail (the last one at {at}, {_error_of(task)})"
         if last.status == states.REVOKED:
             if "expired" in (_error_of(task) or ""):
-                return f"no success since {when}: its message expired before a worker took it (the last at {at})"
-            return f"no success since {when}: its last run was revoked at {at}"
-        return f"no success since {when}: its last run is {last.status} since {at}"
-    if task.last_run_at and task.last_run_at >= since:
-        sent = f"{timezone.localtime(task.last_run_at):%H:%M:%S}"
-        return (
-            f"no success since {when}: beat sent it at {sent} but no worker has taken it"
-            f" (is a worker consuming {_queue_of(task)}?)"
-        )
-    return f"no success since {when}: beat has not sent it since (is beat running?)"
+                return "expired", f"{when}: its message expired before a worker took it (the last at {at})"
+            return "revoked", f"{when}: its last run was revoked at {at}"
+        return last.status.lower(), f"{when}: its last run is {last.status} since {at}"
+    return "not taken", (
+        f"{when}: beat sent it at {timezone.localtime(sent):%H:%M:%S} but no worker has taken it"
+        f" (is a worker consuming {_queue_of(task)}?)"
+    )
 
 
 def _error_of(task: PeriodicTask) -> str:
