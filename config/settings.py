@@ -182,6 +182,10 @@ if _proxy_header:
     # whatever the client sent, which is why it is off unless configured.
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Prometheus scrapes /metrics from inside the compose network, not through the HTTPS
+# proxy; a redirect to https would fail every scrape. The bearer token was sent by
+# then anyway, and staff session cookies are Secure, so nothing more travels in clear.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)

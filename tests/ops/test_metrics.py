@@ -225,3 +225,15 @@ def test_the_indexes_on_the_results_table_name_its_real_columns() -> None:
     with connection.cursor() as cursor:
         present = {index for index in connection.introspection.get_constraints(cursor, TaskResult._meta.db_table)}
     assert set(migration.INDEXES) <= present
+
+
+def test_metrics_are_served_without_the_https_redirect_to_a_scraper_inside_the_network(settings) -> None:
+    """Compose's Prometheus scrapes http://web:8000/metrics, not through the HTTPS proxy."""
+    from django.test import Client
+
+    settings.SECURE_SSL_REDIRECT = True
+    settings.METRICS_TOKEN = "scrape-token"
+    client = Client()  # a new client builds its middleware with these settings
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-token"}).status_code == 200
+    assert client.get("/metrics").status_code == 401  # still behind the token
+    assert client.get("/health/").status_code == 301  # everything else is redirected to https

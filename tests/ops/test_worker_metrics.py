@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import tasks
 from tests.support.processes import WorkerProcess, free_port, wait_for
+from tests.support.promtool import promtool
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -87,6 +88,9 @@ def test_a_worker_counts_each_outcome_once_times_its_tasks_and_shows_what_runs_n
                  "the sleeping task to show as running")  # fmt: skip
         wait_for_outcome(worker, tasks.sleeps, "succeeded", 1)
         assert worker.value("backoffice_worker_tasks_running", task=tasks.sleeps.name) == 0
+
+        linted = promtool("check", "metrics", stdin=worker.scrape())
+        assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 def test_the_main_process_counts_a_child_lost_mid_task_and_keeps_the_dead_childs_counts(
