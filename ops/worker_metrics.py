@@ -21,7 +21,8 @@ memory-mapped files per worker. Both are handled here:
   pid in PROMETHEUS_MULTIPROC_DIR; the exporter in the main process adds them up
   (counters of children that died stay counted, as they must). The directory is
   made fresh for each worker at start (celeryd_init, before any child is forked)
-  and removed at shutdown, so two workers on one machine never mix.
+  and removed at shutdown, so two workers on one machine never mix; the
+  directory of a worker that was killed outright goes at the next worker's start.
 - Some outcomes happen in the main process only (a child lost or killed at its
   hard time limit, a revoked or expired message, an unknown task): they are
   counted there, through the same files. Each outcome has exactly one signal,
@@ -54,6 +55,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -70,6 +72,8 @@ OUTCOMES = ("succeeded", "failed", "retried", "rejected", "revoked", "expired", 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 660)
 POSTRUN_OUTCOMES = {"REJECTED": "rejected", "IGNORED": "ignored"}
 UNKNOWN_TASK = "(unknown)"
+# Under the temporary directory, followed by the worker's pid: "worker-metrics-4242-x1y2z3".
+DIRECTORY_PREFIX = "worker-metrics-"
 
 
 class WorkerMetrics:
@@ -147,7 +151,8 @@ class RunningTasks:
 def prepare(**kwargs: Any) -> None:
     """Make this worker's metrics directory before the pool forks, and the metric objects on it."""
     global _metrics
-    directory = tempfile.mkdtemp(prefix="worker-metrics-")
+    _remove_directories_of_dead_workers()
+    directory = tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from prometheus_client import values
 
@@ -155,6 +160,20 @@ def prepare(**kwargs: Any) -> None:
     # first imported; look again, in case something imported it before this.
     values.ValueClass = values.get_value_class()
     _metrics = WorkerMetrics(directory)
+
+
+def _remove_directories_of_dead_workers() -> None:
+    """A worker killed outright (SIGKILL, OOM) cannot remove its directory at shutdown; the next one does."""
+    for path in Path(tempfile.gettempdir()).glob(f"{DIRECTORY_PREFIX}*-*"):
+        pid = path.name.removeprefix(DIRECTORY_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 @signals.worker_ready.connect(dispatch_uid="ops.worker_metrics.serve")

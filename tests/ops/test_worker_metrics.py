@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -137,3 +140,26 @@ def test_a_worker_whose_metrics_port_is_taken_still_runs_tasks(process_env, brok
             worker.wait_ready(celery_app)
             assert tasks.succeeds.delay().get(timeout=30) == "ok"
             assert "worker metrics: cannot listen on" in worker.output()
+
+
+def test_a_worker_removes_its_metrics_directory_and_those_of_workers_killed_outright(
+    process_env, broker, celery_app
+) -> None:
+    temp = Path(tempfile.gettempdir())
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = temp / f"worker-metrics-{ended.pid}-killed"
+    alive = temp / f"worker-metrics-{os.getpid()}-running"
+    dead.mkdir()
+    alive.mkdir()
+    try:
+        with MetricsWorker(process_env, concurrency=1) as worker:
+            worker.wait_ready(celery_app)
+            (own,) = temp.glob(f"worker-metrics-{worker.pid}-*")
+            assert not dead.exists()
+            assert alive.exists()  # its process still runs
+        assert not own.exists()
+    finally:
+        for path in (dead, alive):
+            if path.exists():
+                path.rmdir()
