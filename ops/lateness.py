@@ -77,13 +77,13 @@ class ScheduleCheck:
         return max((now - self.deadline).total_seconds(), 0.0) if self.late and self.deadline else 0.0
 
     def as_json(self) -> dict[str, object]:
+        """For /health/, which anyone may read: the cause, not the reason (it quotes the task's error)."""
         return {
             "name": self.name,
             "task": self.task,
             "owed_since": self.owed_since.isoformat() if self.owed_since else None,
             "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
             "cause": self.cause,
-            "reason": self.reason,
         }
 
 
