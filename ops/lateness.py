@@ -52,7 +52,6 @@ FIRST_SEND_LOOKBACK = 100
 class LastResult:
     status: str
     done_at: datetime
-    value: str | None
 
 
 @dataclass(frozen=True)
@@ -226,7 +225,7 @@ def check_of(task: PeriodicTask, now: datetime | None = None) -> ScheduleCheck:
     success = task.last_success_at
     since, deadline, checked = owed_since(task, now, grace, task.first_result_at, success)
     late = since is not None and (success is None or success < since)
-    last = LastResult(task.last_result_status, task.last_result_at, None) if task.last_result_pk else None
+    last = LastResult(task.last_result_status, task.last_result_at) if task.last_result_pk else None
     cause, reason = _why_late(task, since, grace, last) if late else ("", "")
     return ScheduleCheck(
         name=task.name, task=task.task, owed_since=since, deadline=deadline,

@@ -114,6 +114,8 @@ _server: WSGIServer | None = None
 
 def record_outcome(task_name: str, outcome: str, error_type: str = "") -> None:
     """Count one outcome of a task (a no-op outside a worker)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"{outcome!r} is not an outcome; use one of {', '.join(OUTCOMES)}.")
     if _metrics is None:
         return
     _metrics.tasks.labels(task=task_name, outcome=outcome).inc()
