@@ -230,12 +230,6 @@ def test_the_schedule_admin_list_marks_late_schedules(admin_client) -> None:
     assert "on time" in page
 
 
-@pytest.fixture
-def admin_client(client, staff):
-    client.force_login(staff)
-    return client
-
-
 # --- with a real beat and real workers ------------------------------------------------------------
 
 

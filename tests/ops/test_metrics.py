@@ -39,12 +39,6 @@ def recent_census() -> None:
     RecentAnswer.objects.create(key="workers", answer={"workers": {}, "error": None}, asked_at=timezone.now())
 
 
-@pytest.fixture
-def staff_client(client, staff):
-    client.force_login(staff)
-    return client
-
-
 def scrape(client) -> dict[str, dict[tuple, float]]:
     """{metric name: {sorted label items: value}} from a /metrics answer."""
     text = client.get("/metrics").content.decode()
@@ -65,8 +59,8 @@ def full_count() -> dict[tuple[str, str], int]:
     return {(row["task_name"], row["status"]): row["count"] for row in rows}
 
 
-def test_every_existing_name_is_still_exported(staff_client) -> None:
-    text = staff_client.get("/metrics").content.decode()
+def test_every_existing_name_is_still_exported(admin_client) -> None:
+    text = admin_client.get("/metrics").content.decode()
     assert {family.name for family in text_string_to_metric_families(text)} >= EXISTING_NAMES
 
 
@@ -118,7 +112,7 @@ def walk(plan: dict) -> Iterator[dict]:
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the query plans are PostgreSQL's")
-def test_every_query_of_a_scrape_reads_the_growing_tables_through_an_index(staff_client, customer) -> None:
+def test_every_query_of_a_scrape_reads_the_growing_tables_through_an_index(admin_client, customer) -> None:
     now = timezone.now()
     for hours in (30, 5, 0):
         result("orders.tasks.process_order", "SUCCESS", now - timedelta(hours=hours))
@@ -127,7 +121,7 @@ def test_every_query_of_a_scrape_reads_the_growing_tables_through_an_index(staff
     Notification.objects.create(recipient="a@example.com", kind="test", subject="s", body_text="b", dedup_key="k")
 
     with CaptureQueriesContext(connection) as captured:
-        assert staff_client.get("/metrics").status_code == 200
+        assert admin_client.get("/metrics").status_code == 200
     selects = [
         query["sql"] for query in captured.captured_queries if query["sql"].lstrip().upper().startswith("SELECT")
     ]
@@ -150,12 +144,12 @@ def test_every_query_of_a_scrape_reads_the_growing_tables_through_an_index(staff
     assert full_scans == []
 
 
-def test_unfinished_orders_show_how_long_the_longest_waiting_one_has_not_moved(staff_client, customer) -> None:
+def test_unfinished_orders_show_how_long_the_longest_waiting_one_has_not_moved(admin_client, customer) -> None:
     item = product()
     stuck, fresh = place(customer, (item, 1)), place(customer, (item, 1))
     Order.objects.filter(pk=stuck.pk).update(updated_at=timezone.now() - timedelta(minutes=40))
     Order.objects.filter(pk=fresh.pk).update(status=Order.Status.PROCESSING)
-    metrics = scrape(staff_client)
+    metrics = scrape(admin_client)
     unfinished = metrics["backoffice_orders_unfinished"]
     assert unfinished[(("status", "pending"),)] == 1 and unfinished[(("status", "processing"),)] == 1
     idle = metrics["backoffice_orders_oldest_unfinished_seconds"]
@@ -163,7 +157,7 @@ def test_unfinished_orders_show_how_long_the_longest_waiting_one_has_not_moved(s
     assert idle[(("status", "processing"),)] < 60
 
 
-def test_emails_past_their_deadline_are_counted_by_class(staff_client, settings) -> None:
+def test_emails_past_their_deadline_are_counted_by_class(admin_client, settings) -> None:
     settings.EMAIL_SEND_DEADLINE = timedelta(minutes=15)
     settings.EMAIL_BULK_SEND_DEADLINE = timedelta(days=1)
     now = timezone.now()
@@ -181,7 +175,7 @@ def test_emails_past_their_deadline_are_counted_by_class(staff_client, settings)
     email("campaign", "campaign", timedelta(hours=3))  # the rate limit spreads bulk mail out
     email("old digest", "digest", timedelta(days=2))
 
-    metrics = scrape(staff_client)
+    metrics = scrape(admin_client)
     count = metrics["backoffice_emails_past_deadline"]
     seconds = metrics["backoffice_emails_past_deadline_max_seconds"]
     assert count[(("class", "transactional"),)] == 2
@@ -190,12 +184,12 @@ def test_emails_past_their_deadline_are_counted_by_class(staff_client, settings)
     assert 86400 <= seconds[(("class", "bulk"),)] < 86400 + 60
 
 
-def test_workers_per_queue_and_the_answers_age_come_from_the_recent_census(staff_client) -> None:
+def test_workers_per_queue_and_the_answers_age_come_from_the_recent_census(admin_client) -> None:
     RecentAnswer.objects.filter(key="workers").update(
         answer={"workers": {"high@a": ["high_priority"], "all@b": ["default", "high_priority"]}, "error": None},
         asked_at=timezone.now() - timedelta(seconds=4),
     )
-    metrics = scrape(staff_client)
+    metrics = scrape(admin_client)
     assert metrics["backoffice_workers_online"][()] == 2
     assert metrics["backoffice_queue_workers"] == {
         (("queue", "high_priority"),): 2, (("queue", "default"),): 1, (("queue", "low_priority"),): 0,
@@ -203,12 +197,12 @@ def test_workers_per_queue_and_the_answers_age_come_from_the_recent_census(staff
     assert 4 <= metrics["backoffice_workers_ping_age_seconds"][()] < 30
 
 
-def test_the_failures_of_the_last_day_are_counted_per_task(staff_client) -> None:
+def test_the_failures_of_the_last_day_are_counted_per_task(admin_client) -> None:
     now = timezone.now()
     result("orders.tasks.process_order", "FAILURE", now - timedelta(hours=2))
     result("orders.tasks.process_order", "FAILURE", now - timedelta(hours=30))
     result("reports.tasks.generate_report", "SUCCESS", now)
-    failures = scrape(staff_client)["backoffice_task_failures_24h"]
+    failures = scrape(admin_client)["backoffice_task_failures_24h"]
     assert failures == {(("task", "orders.tasks.process_order"),): 1}
 
 
