@@ -184,6 +184,10 @@ if _proxy_header:
     # whatever the client sent, which is why it is off unless configured.
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Prometheus scrapes /metrics from inside the compose network, not through the HTTPS
+# proxy; a redirect to https would fail every scrape. The bearer token was sent by
+# then anyway, and staff session cookies are Secure, so nothing more travels in clear.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
@@ -283,7 +287,28 @@ WORKER_PROBE_INTERVAL = env_duration("WORKER_PROBE_INTERVAL", "15s")
 # Failures (/admin/ops/failures/) are kept this long, independent of task results.
 FAILURE_RETENTION = env_duration("FAILURE_RETENTION", "30d")
 # GET /metrics with "Authorization: Bearer <token>" (staff sessions work without it).
+# Workers' metrics endpoints ask for the same token.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# /health/, /metrics and the overview reuse the workers' answer to a ping
+# (a broadcast and a 0.5 s wait) until it is this old.
+WORKER_PING_MAX_AGE = env_duration("WORKER_PING_MAX_AGE", "10s")
+# A scheduled run must have succeeded this long plus its task's time limit
+# after it was due, or its schedule is late (ops/lateness.py).
+SCHEDULE_GRACE = env_duration("SCHEDULE_GRACE", "5m")
+# An unsent email is past its deadline after its expires_at, or this long after
+# it was queued: one by one (order emails, resets) or in bulk (campaigns, digests,
+# which the rate limit spreads out).
+EMAIL_SEND_DEADLINE = env_duration("EMAIL_SEND_DEADLINE", "15m")
+EMAIL_BULK_SEND_DEADLINE = env_duration("EMAIL_BULK_SEND_DEADLINE", "1d")
+# Each worker serves its own task metrics on this port (0: off); see ops/worker_metrics.py.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
+if WORKER_METRICS_PORT > 65535:
+    raise ImproperlyConfigured(f"WORKER_METRICS_PORT={WORKER_METRICS_PORT} is not a TCP port (1-65535, or 0 for off).")
+WORKER_METRICS_HOST = env_str("WORKER_METRICS_HOST", "127.0.0.1")
+if WORKER_METRICS_PORT and not METRICS_TOKEN and WORKER_METRICS_HOST not in {"127.0.0.1", "localhost", "::1"}:
+    raise ImproperlyConfigured(
+        f"WORKER_METRICS_HOST={WORKER_METRICS_HOST} serves worker metrics beyond this machine; set METRICS_TOKEN too."
+    )
 
 # --- Celery -----------------------------------------------------------------
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads

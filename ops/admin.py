@@ -13,9 +13,10 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.templatetags.static import static
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -25,7 +26,7 @@ from django_celery_results import admin as results_admin
 from django_celery_results.models import TaskResult
 
 from core.errors import FieldErrors
-from ops import catalog, failures, runs, schedule_info
+from ops import catalog, failures, lateness, runs, schedule_info
 from ops.models import BeatHeartbeat, Failure, TaskRun
 from ops.publish import recorded_arguments
 
@@ -82,7 +83,9 @@ class ProjectPeriodicTaskForm(beat_admin.PeriodicTaskForm):
 
 class ProjectPeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
     form = ProjectPeriodicTaskForm
-    list_display = ("name", "enabled", "task", "schedule_in_words", "next_run", "last_run_at", "last_result")
+    list_display = (
+        "name", "enabled", "task", "schedule_in_words", "next_run", "last_run_at", "last_result", "on_time",
+    )  # fmt: skip
     actions = ("enable_tasks", "disable_tasks", "toggle_tasks", "run_now")
     readonly_fields = (*beat_admin.PeriodicTaskAdmin.readonly_fields, "upcoming_runs", "recent_results")
     fieldsets = (
@@ -91,15 +94,8 @@ class ProjectPeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PeriodicTask]:
-        latest = TaskResult.objects.filter(periodic_task_name=OuterRef("name")).order_by("-date_created", "-id")
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                last_result_pk=Subquery(latest.values("pk")[:1]),
-                last_result_status=Subquery(latest.values("status")[:1]),
-            )
-        )
+        # The last result and the last success of each schedule, for its status and whether it is late.
+        return lateness.annotate(super().get_queryset(request))
 
     @admin.display(description="schedule")
     def schedule_in_words(self, task: PeriodicTask) -> str:
@@ -115,6 +111,20 @@ class ProjectPeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
         if not getattr(task, "last_result_pk", None):
             return "—"
         return format_html('<a href="{}">{}</a>', result_url(task.last_result_pk), task.last_result_status)
+
+    @admin.display(description="on time?")
+    def on_time(self, task: PeriodicTask) -> SafeString | str:
+        if not task.enabled:
+            return "—"
+        check = lateness.check_of(task)
+        if not check.checked:
+            return "not checked (solar schedule)"
+        if not check.late:
+            return "on time"
+        return format_html(
+            '<img src="{}" alt=""> <strong class="schedule-late" title="{}">late</strong> ({})',
+            static("admin/img/icon-no.svg"), check.reason, check.cause,
+        )  # fmt: skip
 
     @admin.display(description="next 5 runs")
     def upcoming_runs(self, task: PeriodicTask) -> SafeString | str:

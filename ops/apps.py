@@ -9,5 +9,5 @@ class OpsConfig(AppConfig):
 
     def ready(self) -> None:
         # Signal handlers: publish-time argument recording (every process that sends
-        # tasks), worker-side connection handling and logs, beat leadership.
-        from ops import beat, publish, worker  # noqa: F401
+        # tasks), worker-side connection handling, logs and metrics, beat leadership.
+        from ops import beat, publish, worker, worker_metrics  # noqa: F401

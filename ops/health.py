@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -11,6 +12,9 @@ from django.utils import timezone
 
 from config import celery_app
 from ops.models import BeatHeartbeat
+
+if TYPE_CHECKING:
+    from ops.census import Census
 
 # A short ping: a health check must answer quickly even when workers are gone.
 PING_TIMEOUT = 0.5
@@ -100,8 +104,16 @@ def beat() -> Part:
     return Part(True, f"beat leader {heartbeat.node} ticked {age:.0f}s ago", data)
 
 
-def readiness() -> dict[str, Part]:
-    return {"database": database(), "broker": broker(), "workers": workers(), "beat": beat()}
+def readiness(census: Census | None = None) -> dict[str, Part]:
+    """Each part's health; the workers' from the recent census, so no call waits for a ping (ops/census.py)."""
+    from ops import census as workers_census  # it builds on Part and PING_TIMEOUT from here
+
+    return {
+        "database": database(),
+        "broker": broker(),
+        "workers": workers_census.workers_part(census),
+        "beat": beat(),
+    }
 
 
 def failures_since(hours: int = 24) -> list[tuple[str, int]]:

@@ -52,6 +52,42 @@ class BeatHeartbeat(models.Model):
         return f"beat {self.node} ({self.role})"
 
 
+class RecentAnswer(models.Model):
+    """The last answer to a question that is slow to ask, shared by every web process with its age.
+
+    /health/, /metrics and the overview all need to know which workers are online;
+    asking means a broadcast and a 0.5 s wait for replies, so one answer is kept
+    here and reused until it is WORKER_PING_MAX_AGE old.
+    """
+
+    key = models.CharField(max_length=64, primary_key=True)
+    answer = models.JSONField()
+    asked_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.key} (asked at {self.asked_at:%Y-%m-%d %H:%M:%S})"
+
+
+class TaskResultTally(models.Model):
+    """Task results per settled hour of `date_done`, task and state: /metrics adds these up instead of a full count.
+
+    An hour is counted once it is settled (over an hour old); rows of that hour
+    rarely change after that. The metric counts the newest hours live, bounded by
+    the date_done index (see ops/result_counts.py).
+    """
+
+    hour = models.DateTimeField()
+    task_name = models.CharField(max_length=255)
+    status = models.CharField(max_length=50)
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "task_name", "status"], name="task_result_tally_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.task_name} {self.status}: {self.count}"
+
+
 class Failure(models.Model):
     """Work that failed for good: a task that ended in FAILURE, the domain's own failures included.
 

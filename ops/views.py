@@ -16,10 +16,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from django_celery_beat.models import PeriodicTask
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config.api import json_error
-from ops import health, runs
+from ops import census, health, lateness, runs, task_stats
 from ops.metrics import BackofficeCollector
 
 
@@ -36,14 +37,18 @@ def health_ready(request: HttpRequest) -> HttpResponse:
     """Readiness: database, broker, workers and beat. 200 when all are healthy, else 503 naming what is not.
 
     Open to anyone (load balancers and compose ask it); it tells only whether each
-    part works, plus queue depths, worker names and beat's heartbeat age.
+    part works, plus queue depths, worker names, beat's heartbeat age and which
+    schedules are late (a warning, never a 503).
     """
     parts = health.readiness()
     failing = [name for name, part in parts.items() if not part.ok]
+    # Late schedules are reported, not failed on: a late report must not take web out of service.
+    schedules = lateness.health_part()
     body = {
         "status": "ok" if not failing else "unhealthy",
         "failing": failing,
-        "checks": {name: part.as_json() for name, part in parts.items()},
+        "warnings": [] if schedules.ok else ["schedules"],
+        "checks": {**{name: part.as_json() for name, part in parts.items()}, "schedules": schedules.as_json()},
     }
     return JsonResponse(body, status=503 if failing else 200)
 
@@ -70,21 +75,36 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
 
 def overview(request: HttpRequest) -> HttpResponse:
-    """Admin page: queue depths, workers online, beat's heartbeat and the last day's failures."""
+    """Admin page: health, queues and their workers, beat, late schedules, per-task figures and the last day's failures.
+
+    What the Grafana dashboard shows, for a shop that runs no Prometheus.
+    """
     from ops.models import BeatHeartbeat
 
-    parts = health.readiness()
+    workers = census.recent()
+    parts = health.readiness(workers)
     since = (timezone.now() - timedelta(hours=24)).strftime("%Y-%m-%d %H:%M:%S")
     results_url = reverse("admin:django_celery_results_taskresult_changelist")
     failures = [
         (name, count, f"{results_url}?status__exact=FAILURE&task_name__exact={name}&date_done__gte={since}")
         for name, count in health.failures_since(24)
     ]
+    depths = parts["broker"].data.get("queues", {})
+    consumers = workers.workers_per_queue()
+    tasks, answered = task_stats.from_workers()
+    checks = lateness.schedule_checks()
     context = {
         **admin_site.each_context(request),
         "title": "Operations overview",
         "parts": parts,
+        "queues": [(queue, depths.get(queue), consumers.get(queue, 0)) for queue in consumers],
+        "workers_age": round(workers.age_seconds()),
         "beats": BeatHeartbeat.objects.all()[:10],
+        "late_schedules": [check for check in checks if check.late],
+        "on_time_schedules": sum(1 for check in checks if not check.late),
+        "disabled_schedules": PeriodicTask.objects.filter(enabled=False).order_by("name"),
+        "tasks": tasks,
+        "workers_answered": answered,
         "failures": failures,
         "all_failures_url": f"{results_url}?status__exact=FAILURE&date_done__gte={since}",
     }

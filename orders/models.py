@@ -187,6 +187,10 @@ class OrderEvent(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            # /metrics counts the retries of the last day on every scrape; only retry rows are indexed.
+            models.Index(fields=["created_at"], name="orderevent_retry_idx", condition=Q(kind="retry")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} on order #{self.order_id}"

@@ -185,3 +185,84 @@ def _tracked_files() -> list[str]:
 
     result = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     return result.stdout.splitlines()
+
+
+# --- the monitoring profile: docker compose --profile monitoring up -------------------------------
+
+MONITORING = {name for name, service in SERVICES.items() if "monitoring" in service.get("profiles", [])}
+
+
+def bind_mounts(name: str) -> dict[str, str]:
+    """{path in the container: path in the repository} of a service's ./ mounts (which must exist)."""
+    mounts = {}
+    for volume in SERVICES[name].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            assert (PROJECT_ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
+            mounts[target] = source
+    return mounts
+
+
+def test_the_monitoring_profile_adds_prometheus_and_grafana_and_nothing_else_needs_it() -> None:
+    assert {"prometheus", "grafana"} == MONITORING
+    assert all("profiles" not in service for name, service in SERVICES.items() if name not in MONITORING)
+
+
+def test_prometheus_and_grafana_listen_on_localhost_only_and_refuse_to_start_without_a_password() -> None:
+    for name in MONITORING:
+        assert SERVICES[name]["ports"], name
+        assert all(port.startswith("127.0.0.1:") for port in SERVICES[name]["ports"]), name
+    prometheus = " ".join(SERVICES["prometheus"]["command"])
+    assert 'test -n "$$PROMETHEUS_PASSWORD_HASH" || {' in prometheus
+    assert "basic_auth_users" in prometheus and "--web.config.file=/prometheus/web.yml" in prometheus
+    grafana = SERVICES["grafana"]
+    assert 'test -n "$$GF_SECURITY_ADMIN_PASSWORD" || {' in " ".join(grafana["command"])
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert (
+        grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"]
+        == grafana["environment"]["GF_USERS_ALLOW_SIGN_UP"]
+        == "false"
+    )
+
+
+def test_prometheus_loads_the_rules_and_scrapes_web_and_every_worker_with_the_metrics_token() -> None:
+    mounts = bind_mounts("prometheus")
+    assert "--config.file=/etc/prometheus/prometheus.yml" in " ".join(SERVICES["prometheus"]["command"])
+    config = yaml.safe_load((PROJECT_ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    for rule_file in config["rule_files"]:  # relative to the config file
+        assert mounts[f"/etc/prometheus/{rule_file}"] == "./monitoring/prometheus/alerts.yml"
+
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert COMPOSE["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
+    assert SERVICES["prometheus"]["secrets"] == ["metrics_token"]
+    assert all(job["authorization"]["credentials_file"] == "/run/secrets/metrics_token" for job in jobs.values())
+    assert SERVICES["web"]["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:?set METRICS_TOKEN in .env}"
+
+    web = jobs["backoffice-web"]
+    assert web["static_configs"][0]["targets"] == ["web:8000"] and web["metrics_path"] == "/metrics"
+    assert "--bind 0.0.0.0:8000" in SERVICES["web"]["command"]
+    assert SERVICES["web"]["environment"]["ALLOWED_HOSTS"].endswith(",web")  # the Host header Prometheus sends
+
+    (workers,) = jobs["backoffice-workers"]["dns_sd_configs"]
+    assert set(workers["names"]) == set(WORKERS)
+    for name in WORKERS:
+        environment = SERVICES[name]["environment"]
+        assert int(environment["WORKER_METRICS_PORT"]) == workers["port"]
+        assert environment["WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104 - the compose network; not published
+        assert "ports" not in SERVICES[name]
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_a_datasource_that_logs_in_to_prometheus() -> None:
+    mounts = bind_mounts("grafana")
+    provisioning = PROJECT_ROOT / mounts["/etc/grafana/provisioning"]
+    provider = yaml.safe_load((provisioning / "dashboards" / "backoffice.yml").read_text())["providers"][0]
+    dashboards = PROJECT_ROOT / mounts[provider["options"]["path"]]
+    assert list(dashboards.glob("*.json"))
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (PROJECT_ROOT / mounts[str(Path(home).parent)] / Path(home).name).is_file()
+
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    assert f"basic_auth_users:\\n  {datasource['basicAuthUser']}:" in " ".join(SERVICES["prometheus"]["command"])
+    assert datasource["secureJsonData"]["basicAuthPassword"] == "$PROMETHEUS_PASSWORD"
+    assert SERVICES["grafana"]["environment"]["PROMETHEUS_PASSWORD"] == "${PROMETHEUS_PASSWORD:-}"

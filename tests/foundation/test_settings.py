@@ -43,6 +43,12 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         ({"EMAIL_URL": "pigeon://coop"}, "EMAIL_URL"),
         ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
         ({"DATABASE_CONN_MAX_AGE": "forever"}, "DATABASE_CONN_MAX_AGE"),
+        ({"SCHEDULE_GRACE": "a while"}, "SCHEDULE_GRACE"),
+        ({"WORKER_PING_MAX_AGE": "-5s"}, "WORKER_PING_MAX_AGE"),
+        ({"EMAIL_SEND_DEADLINE": "soon"}, "EMAIL_SEND_DEADLINE"),
+        ({"WORKER_METRICS_PORT": "70000"}, "WORKER_METRICS_PORT"),
+        ({"WORKER_METRICS_PORT": "http"}, "WORKER_METRICS_PORT"),
+        ({"WORKER_METRICS_PORT": "9808", "WORKER_METRICS_HOST": "10.0.0.5"}, "WORKER_METRICS_HOST"),  # no token
     ],
 )
 def test_it_refuses_to_start_with_a_bad_value_and_names_the_variable(

@@ -64,8 +64,9 @@ def test_readiness_is_200_with_everything_up_and_503_naming_a_stopped_worker_or_
         assert set(body["checks"]["broker"]["queues"]) == {"high_priority", "default", "low_priority"}
 
         worker.stop()
-        status, body = health(client)
-        assert (status, body["failing"]) == (503, ["workers"])
+        # The workers' last answer is reused for WORKER_PING_MAX_AGE, then asked again.
+        body = wait_for_status(client, 503, 30, "the stopped worker to be missed")
+        assert body["failing"] == ["workers"]
         assert "no worker answered" in body["checks"]["workers"]["detail"]
 
         worker = WorkerProcess(process_env).start().wait_ready(celery_app)
@@ -77,6 +78,29 @@ def test_readiness_is_200_with_everything_up_and_503_naming_a_stopped_worker_or_
     finally:
         worker.stop()
         beat.stop()
+
+
+@pytest.mark.slow
+def test_health_and_metrics_reuse_a_recent_answer_of_the_workers_instead_of_pinging_on_every_call(
+    client, staff, worker, settings
+) -> None:
+    from ops.models import RecentAnswer
+
+    settings.WORKER_PING_MAX_AGE = timedelta(minutes=5)
+    first = health(client)[1]["checks"]["workers"]
+    asked_at = RecentAnswer.objects.get(key="workers").asked_at
+    client.force_login(staff)
+    for _ in range(3):
+        client.get("/metrics")
+    again = health(client)[1]["checks"]["workers"]
+    assert RecentAnswer.objects.get(key="workers").asked_at == asked_at  # nobody broadcast again
+    assert first["online"] == again["online"] == [worker.nodename]
+    assert again["age_seconds"] >= first["age_seconds"]
+    assert again["queues"] == {"high_priority": 1, "default": 1, "low_priority": 1}
+
+    settings.WORKER_PING_MAX_AGE = timedelta(0)
+    health(client)
+    assert RecentAnswer.objects.get(key="workers").asked_at > asked_at
 
 
 @pytest.mark.slow
