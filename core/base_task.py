@@ -10,7 +10,7 @@ from celery.contrib.django.task import DjangoTask
 from celery.utils.time import get_exponential_backoff_interval
 from django.db import DatabaseError, close_old_connections
 
-from core.errors import TransientError
+from core.errors import PermanentFailure, TransientError
 
 Result = TypeVar("Result")
 
@@ -36,6 +36,8 @@ class ProjectTask(DjangoTask):
     # Worker-lost retries count against this too, so a task that kills its worker
     # every time fails after a few attempts instead of being redelivered forever.
     max_retries = 3
+    # The domain's own failures end a task in FAILURE without an error traceback in the logs.
+    throws = (PermanentFailure,)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:

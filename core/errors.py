@@ -21,3 +21,13 @@ class Refused(Exception):
 
 class TransientError(Exception):
     """A failure that may go away (network, timeout, SMTP 4xx): the task that met it retries with backoff."""
+
+
+class PermanentFailure(Exception):
+    """Work that failed for good after its service compensated (a declined order, a refused email).
+
+    Tasks let it end them in FAILURE, so the domain's own failures count as
+    failures wherever failures are counted: the results admin, the failures page
+    (/admin/ops/failures/), the metrics and the overview. Celery records it
+    without a traceback in the logs: it is expected (ProjectTask.throws).
+    """
