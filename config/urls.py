@@ -10,7 +10,11 @@ from accounts import views as account_views
 from accounts.forms import OutboxPasswordResetForm
 from ops import views as ops_views
 
-# An error raised outside a view: 503 for a database or broker outage, else the 500 page.
+# JSON under /api/, Django's pages elsewhere (config/api.py).
+handler400 = "config.api.bad_request"
+handler403 = "config.api.permission_denied"
+handler404 = "config.api.page_not_found"
+# An error raised outside a view: 503 for a database or broker outage, else the 500 page (JSON on /api/).
 handler500 = "core.unavailable.server_error"
 
 urlpatterns = [

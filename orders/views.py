@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -12,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from config.api import api_view, json_error
+from config.api import api_view, json_error, read_json
 from core.errors import FieldErrors
 from orders.forms import NewOrderForm, clean_idempotency_key, parse_order_request
 from orders.models import Order, Product
@@ -46,7 +47,7 @@ def api_place_order(request: HttpRequest) -> HttpResponse:
     """POST /api/orders/ → 202 with Location, or 400 with field errors and nothing saved."""
     try:
         idempotency_key = clean_idempotency_key(request.headers.get("Idempotency-Key"))
-        lines = parse_order_request(request.body)
+        lines = parse_order_request(read_json(request, max_bytes=settings.ORDER_MAX_BODY_BYTES))
         placed = placing.place_order(customer_id=request.user.pk, lines=lines, idempotency_key=idempotency_key)
     except FieldErrors as exc:
         return json_error(400, errors=exc.errors)

@@ -12,10 +12,21 @@ from core.errors import FieldErrors
 from reports.models import Report
 
 Kind = Report.Kind
+# The days a report can cover. matplotlib draws dates between the years 1 and 9999
+# and pads the axis on both sides, so a report on the first or last days of that
+# range fails while drawing, in the worker. No shop order predates 1900.
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
+
+
+def check_day(day: date, field: str) -> None:
+    """FieldErrors unless a report can cover `day` (see FIRST_DAY and LAST_DAY)."""
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise FieldErrors({field: [f"Reports cover the days from {FIRST_DAY} to {LAST_DAY}; {day} is outside."]})
 
 
 def period_containing(kind: str, day: date) -> tuple[date, date]:
     """The daily, weekly (ISO, Monday to Sunday) or monthly period that contains `day`."""
+    check_day(day, "date")
     if kind == Kind.DAILY:
         return day, day
     if kind == Kind.WEEKLY:
@@ -39,6 +50,13 @@ def previous_period(kind: str, today: date) -> tuple[date, date]:
 def validate_period(start: date, end: date, *, today: date | None = None) -> None:
     today = today or timezone.localdate()
     errors: dict[str, list[str]] = {}
+    for name, day in (("start", start), ("end", end)):
+        try:
+            check_day(day, name)
+        except FieldErrors as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise FieldErrors(errors)
     if start > today:
         errors["start"] = ["The start cannot be in the future."]
     if end < start:

@@ -168,6 +168,9 @@ def test_generate_report_enqueues_and_says_where_to_follow_it(broker) -> None:
         (["daily", "--date", "June"], "is not a date"),
         (["custom", "--start", "2025-06-10", "--end", "2025-06-01"], "before the start"),
         (["custom", "--start", "2099-06-01", "--end", "2099-06-02"], "in the future"),
+        (["monthly", "--date", "9999-12-05"], "Reports cover"),
+        (["daily", "--date", "9999-12-31"], "Reports cover"),
+        (["custom", "--start", "0001-01-01", "--end", "0001-01-05"], "Reports cover"),
     ],
 )
 def test_generate_report_rejects_bad_arguments(args: list[str], message: str) -> None:

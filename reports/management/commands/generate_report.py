@@ -37,21 +37,22 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, kind: str, date: str | None, start: str | None, end: str | None, sync: bool, **options: Any
     ) -> None:
-        if kind == Report.Kind.CUSTOM:
-            if date or not (start and end):
-                raise CommandError("A custom report takes --start and --end (and no --date).")
-            first, last = parse_date(start, "--start"), parse_date(end, "--end")
-        else:
-            if start or end:
-                raise CommandError(f"A {kind} report takes --date, not --start/--end.")
-            if date:
+        if kind == Report.Kind.CUSTOM and (date or not (start and end)):
+            raise CommandError("A custom report takes --start and --end (and no --date).")
+        if kind != Report.Kind.CUSTOM and (start or end):
+            raise CommandError(f"A {kind} report takes --date, not --start/--end.")
+        try:
+            if kind == Report.Kind.CUSTOM:
+                first, last = parse_date(start, "--start"), parse_date(end, "--end")
+            elif date:
                 first, last = periods.period_containing(kind, parse_date(date, "--date"))
             else:
                 first, last = periods.previous_period(kind, timezone.localdate())
-        try:
             report = requesting.request_report(kind=kind, start=first, end=last, regenerate=True, enqueue=not sync)
             if sync:
                 report = generation.generate_report_inline(report.pk)
+        except CommandError:
+            raise
         except FieldErrors as exc:
             raise CommandError(" ".join(m for messages in exc.errors.values() for m in messages)) from None
         except Exception as exc:  # the report is marked failed with the same error
