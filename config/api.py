@@ -54,7 +54,7 @@ def is_api(request: HttpRequest) -> bool:
 View = Callable[..., HttpResponse]
 
 
-def api_view(*, methods: tuple[str, ...], staff: bool = False, permission: str | None = None) -> Callable[[View], View]:
+def api_view(*, methods: tuple[str, ...], permission: str | None = None) -> Callable[[View], View]:
     """Require a session login (401), the named permission if any (403) and an allowed method (405), as JSON."""
 
     def decorate(view: View) -> View:
@@ -62,8 +62,6 @@ def api_view(*, methods: tuple[str, ...], staff: bool = False, permission: str |
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if not request.user.is_authenticated:
                 return json_error(401, "Authentication required: log in at /accounts/login/.")
-            if staff and not request.user.is_staff:
-                return json_error(403, "Staff only.")
             if permission is not None and not request.user.has_perm(permission):
                 return json_error(403, f"This needs the {permission!r} permission.")
             if request.method not in methods:

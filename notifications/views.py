@@ -34,7 +34,7 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
     )
 
 
-@api_view(methods=("GET",), staff=True)
+@api_view(methods=("GET",), permission="notifications.view_campaign")
 def api_campaign_progress(request: HttpRequest, campaign_id: int) -> HttpResponse:
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None:

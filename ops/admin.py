@@ -224,6 +224,9 @@ class ProjectTaskResultAdmin(results_admin.TaskResultAdmin):
         ("Links", {"fields": ("about", "arguments", "retry_of", "retried_as"), "classes": ("wide",)}),
     )
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # results are written by workers; a blank one made here had an empty task id
+
     def get_readonly_fields(self, request: HttpRequest, obj: TaskResult | None = None) -> list[str]:
         # The parent makes every model field read-only (results are records); add the computed ones.
         return [*super().get_readonly_fields(request, obj), "about", "arguments", "retry_of", "retried_as"]

@@ -27,7 +27,12 @@ class TaskRun(models.Model):
 
     class Meta:
         ordering = ["-requested_at"]
-        permissions = [("run_task", "Can run and retry tasks by hand")]
+        permissions = [
+            ("run_task", "Can run and retry tasks by hand"),
+            # Queue depths, worker and beat host names and raw errors: the overview page,
+            # /metrics for a session, and the details of /health/.
+            ("view_operations", "Can view operations data (overview, metrics, health details)"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_source_display()}: {self.task_name} [{self.task_id}]"

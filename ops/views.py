@@ -23,6 +23,8 @@ from config.api import json_error
 from ops import census, health, lateness, runs, task_stats
 from ops.metrics import BackofficeCollector
 
+OPERATIONS_PERMISSION = "ops.view_operations"
+
 
 @never_cache
 @require_GET
@@ -34,39 +36,49 @@ def health_live(request: HttpRequest) -> HttpResponse:
 @never_cache
 @require_GET
 def health_ready(request: HttpRequest) -> HttpResponse:
-    """Readiness: database, broker, workers and beat. 200 when all are healthy, else 503 naming what is not.
+    """Readiness: database, broker, workers, beat and schedules. 200 when all are healthy, else 503 naming what is not.
 
-    Open to anyone (load balancers and compose ask it); it tells only whether each
-    part works, plus queue depths, worker names, beat's heartbeat age and which
-    schedules are late (a warning, never a 503).
+    Open to anyone (load balancers and compose ask it), so anyone gets the status,
+    the names of failing parts and of warnings only. Queue depths, worker host
+    names, beat's host:pid and raw error texts help an attacker map the system;
+    they go to staff with the operations permission and to METRICS_TOKEN. Late
+    schedules are a warning, never a 503.
     """
     parts = health.readiness()
     failing = [name for name, part in parts.items() if not part.ok]
     # Late schedules are reported, not failed on: a late report must not take web out of service.
     schedules = lateness.health_part()
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if not failing else "unhealthy",
         "failing": failing,
         "warnings": [] if schedules.ok else ["schedules"],
-        "checks": {**{name: part.as_json() for name, part in parts.items()}, "schedules": schedules.as_json()},
     }
+    if may_see_operations(request):
+        body["checks"] = {**{name: part.as_json() for name, part in parts.items()}, "schedules": schedules.as_json()}
     return JsonResponse(body, status=503 if failing else 200)
 
 
-def _metrics_allowed(request: HttpRequest) -> bool:
-    if request.user.is_authenticated and request.user.is_staff:
-        return True
+def _has_metrics_token(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
+def may_see_operations(request: HttpRequest) -> bool:
+    """A session with the operations permission, or the METRICS_TOKEN bearer token."""
+    return request.user.has_perm(OPERATIONS_PERMISSION) or _has_metrics_token(request)
+
+
 @never_cache
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format; needs METRICS_TOKEN as a bearer token, or a staff session."""
-    if not _metrics_allowed(request):
-        response = json_error(401, "Send METRICS_TOKEN as 'Authorization: Bearer <token>', or log in as staff.")
+    """Prometheus text format; needs METRICS_TOKEN as a bearer token, or a session with the operations permission."""
+    if not may_see_operations(request):
+        if request.user.is_authenticated:
+            return json_error(403, f"This needs the {OPERATIONS_PERMISSION!r} permission, or METRICS_TOKEN.")
+        response = json_error(
+            401, "Send METRICS_TOKEN as 'Authorization: Bearer <token>', or log in with the operations permission."
+        )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     registry = CollectorRegistry(auto_describe=False)
@@ -81,6 +93,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     """
     from ops.models import BeatHeartbeat
 
+    if not request.user.has_perm(OPERATIONS_PERMISSION):
+        raise PermissionDenied(f"The operations overview needs the {OPERATIONS_PERMISSION!r} permission.")
     workers = census.recent()
     parts = health.readiness(workers)
     since = (timezone.now() - timedelta(hours=24)).strftime("%Y-%m-%d %H:%M:%S")

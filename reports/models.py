@@ -46,6 +46,8 @@ class Report(models.Model):
 
     class Meta:
         ordering = ["-period_end", "-created_at"]
+        # Viewing and downloading needs "view report"; asking for a custom one needs this.
+        permissions = [("request_report", "Can request custom reports")]
         constraints = [
             # Scheduled reports exist once per period; regenerating replaces them.
             models.UniqueConstraint(

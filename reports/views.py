@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import wraps
-from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -37,28 +34,26 @@ def report_json(report: Report) -> dict[str, object]:
         "chart_url": reverse("reports:chart", args=[report.pk]) if done and report.chart else None,
     }
 
-
-def staff_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Visitors are sent to log in; logged-in customers get 403."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise PermissionDenied("Reports are for staff.")
-        return view(request, *args, **kwargs)
-
-    return wrapper
+VIEW = "reports.view_report"
+REQUEST = "reports.request_report"
 
 
-@staff_page
+def staff_page(permission: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Visitors are sent to log in; anyone logged in without the permission gets 403."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        return login_required(permission_required(permission, raise_exception=True)(view))
+
+    return decorate
+
+
+@staff_page(VIEW)
 def report_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(Report.objects.select_related("requested_by"), 25).get_page(request.GET.get("page"))
     return render(request, "reports/report_list.html", {"page": page})
 
 
-@staff_page
+@staff_page(REQUEST)
 @require_http_methods(["GET", "POST"])
 def report_new(request: HttpRequest) -> HttpResponse:
     form = ReportRangeForm(request.POST or None)
@@ -72,7 +67,7 @@ def report_new(request: HttpRequest) -> HttpResponse:
     return render(request, "reports/report_new.html", {"form": form, "definition": definition})
 
 
-@staff_page
+@staff_page(VIEW)
 def report_detail(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_object_or_404(Report, pk=report_id)
     return render(request, "reports/report_detail.html", {"report": report, "data": report_json(report)})
@@ -89,20 +84,20 @@ def _stored_file(report: Report, field: str) -> FileResponse:
     return handle
 
 
-@staff_page
+@staff_page(VIEW)
 def report_download(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_object_or_404(Report, pk=report_id)
     name = f"{report.kind}-report-{report.period_start}-{report.period_end}.csv"
     return FileResponse(_stored_file(report, "csv_file"), as_attachment=True, filename=name, content_type="text/csv")
 
 
-@staff_page
+@staff_page(VIEW)
 def report_chart(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_object_or_404(Report, pk=report_id)
     return FileResponse(_stored_file(report, "chart"), content_type="image/png")
 
 
-@api_view(methods=("GET",), staff=True)
+@api_view(methods=("GET",), permission=VIEW)
 def api_report_detail(request: HttpRequest, report_id: int) -> HttpResponse:
     report = Report.objects.filter(pk=report_id).first()
     if report is None:
@@ -119,7 +114,7 @@ def _text_or_absent(data: dict, name: str) -> bool:
     return name not in data or isinstance(data[name], str)
 
 
-@api_view(methods=("POST",), staff=True)
+@api_view(methods=("POST",), permission=REQUEST)
 def api_request_report(request: HttpRequest) -> HttpResponse:
     """POST /api/reports/ {"start": "YYYY-MM-DD", "end": "YYYY-MM-DD"} → 202, or 400 with field errors."""
     data = read_json(request, max_bytes=REQUEST_MAX_BYTES)

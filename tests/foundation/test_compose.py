@@ -156,10 +156,11 @@ def test_compose_sends_mail_to_mailpit_unless_told_otherwise() -> None:
     assert "8025:8025" in SERVICES["mailpit"]["ports"]
 
 
-def test_web_migrates_installs_the_schedules_then_serves_with_gunicorn() -> None:
+def test_web_migrates_installs_the_schedules_and_roles_then_serves_with_gunicorn() -> None:
     steps = commands_in(SERVICES["web"]["command"])
     assert steps[0][:3] == ["python", "manage.py", "migrate"]
     assert steps[1] == ["python", "manage.py", "setup_schedules"]
+    assert steps[2] == ["python", "manage.py", "setup_roles"]
     assert steps[-1][:2] == ["exec", "gunicorn"]
 
 

@@ -154,7 +154,8 @@ def test_purge_results_rejects_a_bad_age(value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["run_task", "task_status", "queue_stats", "beat_status", "purge_results", "setup_schedules"]
+    "command",
+    ["run_task", "task_status", "queue_stats", "beat_status", "purge_results", "setup_schedules", "setup_roles"],
 )
 def test_every_command_has_help(command: str, capsys) -> None:
     with pytest.raises(SystemExit) as exited:

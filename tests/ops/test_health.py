@@ -10,17 +10,32 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
+from django.utils.timezone import now
 
 from ops import runs
+from ops.models import BeatHeartbeat
+from tests.factories import UserFactory
 from tests.support.processes import PROJECT_ROOT, BeatProcess, WorkerProcess, wait_for
 from tests.support.servers import HttpSession, RedisServer, WebProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+TOKEN = "health-test-token"
+
+
+def staff_with(permission: str):
+    app, codename = permission.split(".")
+    user = UserFactory(is_staff=True)
+    user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+    return user
+
+
 def health(client: Client) -> tuple[int, dict]:
-    response = client.get("/health/")
+    """/health/ with METRICS_TOKEN, so the answer carries every part's details."""
+    response = client.get("/health/", headers={"Authorization": f"Bearer {TOKEN}"})
     return response.status_code, response.json()
 
 
@@ -53,6 +68,7 @@ def test_readiness_is_200_with_everything_up_and_503_naming_a_stopped_worker_or_
     # Beat ticks at least every 5 s (django-celery-beat's max interval), so a
     # live beat's heartbeat is never older than that plus a little.
     settings.BEAT_HEARTBEAT_MAX_AGE = timedelta(seconds=8)
+    settings.METRICS_TOKEN = TOKEN
     client = Client()
     worker = WorkerProcess(process_env).start()
     beat = BeatProcess(process_env).start()
@@ -105,14 +121,20 @@ def test_health_and_metrics_reuse_a_recent_answer_of_the_workers_instead_of_ping
 
 @pytest.mark.slow
 def test_readiness_names_the_broker_when_it_is_down(web_env) -> None:
-    with RedisServer() as redis_server, WebProcess({**web_env, "CELERY_BROKER_URL": redis_server.url}) as web:
-        web.wait_ready()
-        redis_server.stop()
-        response = HttpSession(web.base_url).request("GET", "/health/")
-    assert response.status == 503
-    body = response.json()
+    with RedisServer() as redis_server:
+        env = {**web_env, "CELERY_BROKER_URL": redis_server.url, "METRICS_TOKEN": TOKEN}
+        with WebProcess(env) as web:
+            web.wait_ready()
+            redis_server.stop()
+            session = HttpSession(web.base_url)
+            detailed = session.request("GET", "/health/", headers={"Authorization": f"Bearer {TOKEN}"})
+            anonymous = session.request("GET", "/health/")
+    assert detailed.status == anonymous.status == 503
+    body = detailed.json()
     assert "broker" in body["failing"] and "workers" in body["failing"]
     assert body["checks"]["broker"]["ok"] is False
+    assert anonymous.json() == {"status": "unhealthy", "failing": body["failing"]}
+    assert "127.0.0.1" not in anonymous.body.decode(), "the broker's address is in the raw error text"
 
 
 def test_metrics_refuse_anonymous_and_wrong_tokens(client, settings) -> None:
@@ -123,15 +145,38 @@ def test_metrics_refuse_anonymous_and_wrong_tokens(client, settings) -> None:
     assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401
 
 
-def test_metrics_accept_the_token_or_a_staff_session(client, staff, customer, settings) -> None:
+def test_metrics_accept_the_token_or_a_session_with_the_operations_permission(
+    client, staff, customer, settings
+) -> None:
     settings.METRICS_TOKEN = "s3cret-token"
     by_token = client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
     assert by_token.status_code == 200
     assert by_token["Content-Type"].startswith("text/plain")
     client.force_login(customer)
-    assert client.get("/metrics").status_code == 401
-    client.force_login(staff)
+    assert client.get("/metrics").status_code == 403
+    client.force_login(UserFactory(is_staff=True))
+    assert client.get("/metrics").status_code == 403, "staff status alone is not enough"
+    client.force_login(staff_with("ops.view_operations"))
     assert b"backoffice_queue_depth" in client.get("/metrics").content
+
+
+def test_anonymous_callers_get_the_status_and_the_names_of_failing_parts_only(client, settings) -> None:
+    settings.METRICS_TOKEN = "s3cret-token"
+    BeatHeartbeat.objects.create(node="secret-host:4242", role="leader", started_at=now(), seen_at=now())
+
+    anonymous = client.get("/health/").json()
+    by_token = client.get("/health/", headers={"Authorization": "Bearer s3cret-token"}).json()
+    client.force_login(UserFactory(is_staff=True))
+    plain_staff = client.get("/health/").json()
+    client.force_login(staff_with("ops.view_operations"))
+    operator = client.get("/health/").json()
+
+    assert set(anonymous) == set(plain_staff) == {"status", "failing"}
+    assert "workers" in anonymous["failing"]  # no worker runs here
+    assert "secret-host" not in json.dumps(anonymous)
+    for detailed in (by_token, operator):
+        assert detailed["checks"]["beat"]["leader"] == "secret-host:4242"
+        assert set(detailed["checks"]["broker"]["queues"]) == {"high_priority", "default", "low_priority"}
 
 
 @pytest.mark.slow
