@@ -9,7 +9,6 @@ stack) with a 400 instead of a 500.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -19,10 +18,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.csrf import csrf_failure as html_csrf_failure
 
+from ops import json_input
+
 API_PREFIX = "/api/"
-# JSON deeper than this is refused: no endpoint takes more than a few levels, and
-# deeper values would reach forms and JSON columns that were never meant for them.
-MAX_JSON_DEPTH = 20
 
 
 class ApiError(Exception):
@@ -104,51 +102,9 @@ def read_json(request: HttpRequest, *, max_bytes: int) -> Any:
     if len(body) > max_bytes:
         raise ApiError(413, f"The request body is larger than {max_bytes} bytes.")
     try:
-        data = json.loads(body)
-    except RecursionError:
-        raise ApiError(400, errors={"body": [f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels."]}) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, errors={"body": [f"The body is not valid JSON: {exc}"]}) from None
-    problem = unstorable(data)
-    if problem is not None:
-        path, message = problem
-        raise ApiError(400, errors={path: [message]})
-    return data
-
-
-def unstorable(data: Any) -> tuple[str, str] | None:
-    """(field path, message) for the first value a database or a form cannot take, else None.
-
-    Walked without recursion, so a deep value cannot exhaust the stack here either.
-    """
-    stack: list[tuple[str, Any, int]] = [("body", data, 0)]
-    while stack:
-        path, value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return "body", f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels."
-        if isinstance(value, dict):
-            for key, item in value.items():
-                child = key if path == "body" else f"{path}.{key}"
-                if _bad_text(key):
-                    return path, "A key contains a NUL character or an unpaired surrogate."
-                stack.append((child, item, depth + 1))
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                stack.append((str(index) if path == "body" else f"{path}.{index}", item, depth + 1))
-        elif isinstance(value, str) and _bad_text(value):
-            return path, "The text contains a NUL character or an unpaired surrogate; send plain UTF-8 text."
-    return None
-
-
-def _bad_text(text: str) -> bool:
-    """NUL cannot be stored in a PostgreSQL text column; a lone surrogate cannot be encoded as UTF-8."""
-    if "\x00" in text:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+        return json_input.loads(body)
+    except json_input.JsonInputError as exc:
+        raise ApiError(400, errors={exc.path or "body": [str(exc)]}) from None
 
 
 # --- error handlers (handler400/403/404 in config/urls.py; handler500 is core.unavailable's) ------------------------------

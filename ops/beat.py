@@ -26,7 +26,10 @@ import psycopg
 from celery import signals
 from django.db import DatabaseError, connections
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
+from ops import schedule_checks
 from ops.models import BeatHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,36 @@ logger = logging.getLogger(__name__)
 LOCK_KEY = int.from_bytes(hashlib.sha256(b"backoffice:celery-beat-leader").digest()[:8], "big", signed=True)
 # How often a standby asks for the lock (seconds); also the takeover delay after the leader dies.
 STANDBY_POLL_SECONDS = 1.0
+
+
+# Schedules this beat process skipped at its last read of the schedule table: name → why.
+SKIPPED: dict[str, str] = {}
+
+
+class CheckedModelEntry(ModelEntry):
+    """django-celery-beat's entry, built only from a row that passes ops.schedule_checks.
+
+    DatabaseScheduler skips a row whose entry raises ValueError, but a bad row
+    raised TypeError or ParseException instead and beat exited. Here every bad
+    row is logged by name (once per reason), skipped with ValueError, and listed
+    in this beat's heartbeat, so /health/ and the admin show it.
+    """
+
+    def __init__(self, model: PeriodicTask, app: Any = None) -> None:
+        found = schedule_checks.problems(model)
+        if found:
+            reason = schedule_checks.describe(found)
+            if SKIPPED.get(model.name) != reason:
+                logger.error("beat skips schedule %r: %s", model.name, reason)
+            SKIPPED[model.name] = reason
+            raise ValueError(reason)
+        SKIPPED.pop(model.name, None)
+        super().__init__(model, app=app)
+
+
+# `celery beat -S django` names DatabaseScheduler itself, so its entry class is set
+# here rather than in a subclass: every beat of this project gets the checked entries.
+DatabaseScheduler.Entry = CheckedModelEntry
 
 
 class BeatLeadership:
@@ -93,7 +126,13 @@ class BeatLeadership:
         role = BeatHeartbeat.Role.LEADER if self.is_leader else BeatHeartbeat.Role.STANDBY
         try:
             BeatHeartbeat.objects.update_or_create(
-                node=self.node, defaults={"role": role, "seen_at": timezone.now(), "started_at": self.started_at}
+                node=self.node,
+                defaults={
+                    "role": role,
+                    "seen_at": timezone.now(),
+                    "started_at": self.started_at,
+                    "skipped_schedules": dict(SKIPPED),
+                },
             )
         except DatabaseError as exc:  # the database being down must not kill beat; the heartbeat just ages
             logger.warning("beat %s could not record its heartbeat: %s", self.node, exc)
@@ -106,6 +145,14 @@ class BeatLeadership:
 def guard(scheduler: Any, leadership: BeatLeadership) -> None:
     """Wrap the scheduler's tick so that only the leader sends, and a new leader starts from the database."""
     original_tick = scheduler.tick
+    original_read = getattr(scheduler, "all_as_schedule", None)
+    if original_read is not None:
+
+        def all_as_schedule() -> dict:
+            SKIPPED.clear()  # a full read: what is still broken is listed again, what was fixed is gone
+            return original_read()
+
+        scheduler.all_as_schedule = all_as_schedule
 
     def tick(*args: Any, **kwargs: Any) -> float:
         was_leader = leadership.is_leader

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ from django.db.models import Model
 
 from config import celery_app
 from core.errors import FieldErrors
+from ops import json_input
 
 # Celery's own task that beat installs when result_expires is set; staff may edit its schedule.
 BUILTIN_PERIODIC_TASKS = ("celery.backend_cleanup",)
@@ -48,9 +48,9 @@ def parse_json_arguments(args_text: str | None, kwargs_text: str | None) -> tupl
     parsed = []
     for field, text, default in (("args", args_text, []), ("kwargs", kwargs_text, {})):
         try:
-            parsed.append(json.loads(text) if text not in (None, "") else default)
-        except ValueError as exc:
-            errors[field] = [f"Not valid JSON: {exc}."]
+            parsed.append(json_input.loads(text) if text not in (None, "") else default)
+        except json_input.JsonInputError as exc:
+            errors[field] = [str(exc)]
             parsed.append(default)
     if errors:
         raise FieldErrors(errors)

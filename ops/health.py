@@ -104,6 +104,19 @@ def beat() -> Part:
     return Part(True, f"beat leader {heartbeat.node} ticked {age:.0f}s ago", data)
 
 
+def broken_schedules() -> Part:
+    """The schedules beat's leader skipped as broken at its last read (a bad row never stops beat; it is listed)."""
+    try:
+        heartbeat = latest_leader_heartbeat()
+    except DatabaseError as exc:
+        return Part(False, f"cannot read beat's heartbeat: {exc}")
+    skipped = heartbeat.skipped_schedules if heartbeat is not None else {}
+    if skipped:
+        names = ", ".join(sorted(skipped))
+        return Part(False, f"beat skips {len(skipped)} broken schedule(s): {names}", {"broken": skipped})
+    return Part(True, "beat runs every enabled schedule" if heartbeat else "beat has not read the schedules yet")
+
+
 def readiness(census: Census | None = None) -> dict[str, Part]:
     """Each part's health; the workers' from the recent census, so no call waits for a ping (ops/census.py)."""
     from ops import census as workers_census  # it builds on Part and PING_TIMEOUT from here
@@ -113,6 +126,8 @@ def readiness(census: Census | None = None) -> dict[str, Part]:
         "broker": broker(),
         "workers": workers_census.workers_part(census),
         "beat": beat(),
+        # "schedules" (late ones, a warning) is ops.lateness's; a row beat cannot run fails readiness.
+        "broken_schedules": broken_schedules(),
     }
 
 

@@ -49,6 +49,9 @@ class BeatHeartbeat(models.Model):
     role = models.CharField(max_length=8, choices=Role.choices)
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField(db_index=True)
+    skipped_schedules = models.JSONField(
+        default=dict, blank=True, help_text="Schedules this beat could not run at its last read: name → why."
+    )
 
     class Meta:
         ordering = ["-seen_at"]
@@ -137,3 +140,31 @@ class Failure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name} failed: {self.label}"
+
+
+class ScheduleChange(models.Model):
+    """One change to a schedule (a periodic task, or an interval, crontab, solar or clocked row): who, when, what.
+
+    Written by the admin and by manage.py setup_schedules; nobody edits or deletes it.
+    """
+
+    class Action(models.TextChoices):
+        ADDED = "added", "Added"
+        CHANGED = "changed", "Changed"
+        DELETED = "deleted", "Deleted"
+
+    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    via = models.CharField(max_length=64, help_text="The admin, or the command that made the change.")
+    action = models.CharField(max_length=8, choices=Action.choices)
+    kind = models.CharField(max_length=32, help_text="periodic task, interval, crontab, solar or clocked")
+    object_id = models.CharField(max_length=64)
+    object_name = models.CharField(max_length=255)
+    # field → [old, new] as text; for an added row old is null, for a deleted one new is.
+    changes = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} {self.kind} {self.object_name!r}"

@@ -50,6 +50,7 @@ ROLES = (
             "ops.run_task",
             *_model_perms("ops.taskrun", "view"),
             *_model_perms("ops.beatheartbeat", "view"),
+            *_model_perms("ops.schedulechange", "view"),
             *_model_perms("django_celery_beat.periodictask", "view", "add", "change", "delete"),
             *_model_perms("django_celery_beat.intervalschedule", "view", "add", "change", "delete"),
             *_model_perms("django_celery_beat.crontabschedule", "view", "add", "change", "delete"),

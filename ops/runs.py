@@ -6,7 +6,6 @@ does, send the task, and leave a TaskRun row saying who sent what and when.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
 from core.errors import FieldErrors, Refused
-from ops import catalog
+from ops import catalog, json_input, schedule_checks
 from ops.models import TaskRun
 from ops.publish import recorded_arguments
 
@@ -79,9 +78,16 @@ def run_task(
 def run_periodic_task_now(periodic_task: PeriodicTask, *, user: Any) -> TaskRun:
     """Send a schedule's task now with everything it stores: args, kwargs, queue, priority, expires, headers."""
     require_permission(user)
+    broken = {
+        field: [problem]
+        for field, problem in schedule_checks.problems(periodic_task).items()
+        if field in ("args", "kwargs", "headers")
+    }
+    if broken:
+        raise FieldErrors(broken)
     args, kwargs = catalog.parse_json_arguments(periodic_task.args, periodic_task.kwargs)
     invocation = catalog.validate(periodic_task.task, args, kwargs, periodic_task.queue or None)
-    headers = {**json.loads(periodic_task.headers or "{}"), "periodic_task_name": periodic_task.name}
+    headers = {**json_input.loads(periodic_task.headers or "{}"), "periodic_task_name": periodic_task.name}
     task_id = str(uuid.uuid4())
     options = _send(
         invocation, task_id=task_id, priority=periodic_task.priority,

@@ -13,7 +13,10 @@ from django.conf import settings
 from django.db import transaction
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from ops import schedule_audit
+
 MINUTE, HOUR, DAY = 60, 3600, 86400
+AUDIT_VIA = "manage.py setup_schedules"
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ def install_missing() -> list[str]:
         existing = set(PeriodicTask.objects.filter(name__in=BY_NAME).values_list("name", flat=True))
         for default in DEFAULTS:
             if default.name not in existing:
-                PeriodicTask.objects.create(name=default.name, **_default_fields(default))
+                task = PeriodicTask.objects.create(name=default.name, **_default_fields(default))
+                schedule_audit.record(task, None, schedule_audit.snapshot(task), actor=None, via=AUDIT_VIA)
                 created.append(default.name)
     return created
 
@@ -124,7 +128,9 @@ def reset(name: str) -> PeriodicTask:
     """Restore one default schedule exactly (creating it if it was deleted). KeyError for an unknown name."""
     default = BY_NAME[name]
     with transaction.atomic():
+        before = schedule_audit.snapshot(PeriodicTask.objects.select_for_update().filter(name=name).first())
         task, _ = PeriodicTask.objects.update_or_create(name=name, defaults=_default_fields(default))
+        schedule_audit.record(task, before, schedule_audit.snapshot(task), actor=None, via=f"{AUDIT_VIA} --reset")
     return task
 
 

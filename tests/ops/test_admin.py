@@ -58,7 +58,7 @@ def form(interval: IntervalSchedule, **fields: str) -> dict[str, object]:
             "unexpected keyword argument 'order'",
         ),
         ({"args": '{"a": 1}'}, "args", "JSON list"),
-        ({"args": "[1,"}, "args", "Unable to parse JSON"),
+        ({"args": "[1,"}, "args", "Not valid JSON"),
         ({"queue": "urgent"}, "queue", "'urgent' is not a queue"),
     ],
 )

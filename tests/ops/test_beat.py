@@ -6,7 +6,8 @@ import signal
 import time
 
 import pytest
-from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from django.test import Client
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 from django_celery_results.models import TaskResult
 
 from ops.models import BeatHeartbeat
@@ -98,3 +99,50 @@ def test_two_beats_send_each_run_once_and_the_standby_takes_over_when_the_leader
         assert takeover < 15, f"the standby took {takeover:.1f}s to take over"
         before = runs_of("Every two seconds")
         wait_for(lambda: runs_of("Every two seconds") >= before + 2, 30, 0.2, "runs under the new leader")
+
+
+def test_beat_skips_bad_rows_by_name_keeps_running_the_rest_and_health_lists_them(
+    start_worker_process, process_env, settings
+) -> None:
+    """Rows that reached the database without the admin's checks: beat must neither exit nor stop the others."""
+    start_worker_process()
+    settings.METRICS_TOKEN = "beat-test-token"
+    every_second = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    task = "orders.tasks.check_pending_orders"
+    PeriodicTask.objects.create(name="Good", task=task, interval=every_second)
+    bad = {
+        "List headers": {"interval": every_second, "headers": "[1]"},
+        "Broken headers": {"interval": every_second, "headers": "{x"},
+        "Deep args": {"interval": every_second, "args": "[" * 5000 + "]" * 5000},
+        "Leap day": {"crontab": CrontabSchedule.objects.create(day_of_month="31", month_of_year="2")},
+        "Odd minute": {"crontab": CrontabSchedule.objects.create(minute="-1")},
+    }
+    for name, fields in bad.items():
+        PeriodicTask.objects.create(name=name, task=task, **fields)
+
+    with BeatProcess(process_env) as beat:
+        wait_for(lambda: runs_of("Good") >= 2, 30, 0.2, "the good schedule's runs")
+        leader = wait_for(
+            lambda: BeatHeartbeat.objects.filter(role="leader").exclude(skipped_schedules={}).first(),
+            30,
+            0.2,
+            "beat to report what it skipped",
+        )
+        assert beat.alive()
+        assert set(leader.skipped_schedules) == set(bad)
+        for name in bad:
+            assert f"beat skips schedule '{name}'" in beat.output()
+        health = Client().get("/health/", headers={"Authorization": "Bearer beat-test-token"}).json()
+        assert "schedules" in health["failing"]
+        assert set(health["checks"]["schedules"]["broken"]) == set(bad)
+
+        PeriodicTask.objects.filter(name="Broken headers").update(headers="{}")
+        PeriodicTasks.update_changed()  # what the admin's save does: beat re-reads the table
+        wait_for(lambda: runs_of("Broken headers") >= 1, 30, 0.2, "the mended schedule to run")
+        wait_for(
+            lambda: "Broken headers" not in BeatHeartbeat.objects.get(role="leader").skipped_schedules,
+            30,
+            0.2,
+            "beat to stop listing the mended schedule",
+        )
+    assert sum(runs_of(name) for name in bad if name != "Broken headers") == 0

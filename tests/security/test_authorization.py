@@ -36,7 +36,7 @@ from django_celery_results.models import GroupResult, TaskResult
 
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services.preferences import unsubscribe_token
-from ops.models import BeatHeartbeat, TaskRun
+from ops.models import BeatHeartbeat, ScheduleChange, TaskRun
 from orders.models import Order, Payment
 from reports.models import Report
 from sandbox.models import SandboxFault, SandboxLedgerEntry
@@ -151,9 +151,10 @@ NO_ADD = {
     "reports.report",
     "ops.taskrun",
     "ops.beatheartbeat",
+    "ops.schedulechange",
     "django_celery_results.taskresult",
 }
-NO_DELETE = {"orders.order", "orders.payment"}
+NO_DELETE = {"orders.order", "orders.payment", "ops.schedulechange"}
 ADMIN_PAGE_PERMISSION = {"changelist": "view", "change": "view", "history": "view", "add": "add", "delete": "delete"}
 # The unnamed "<object_id>/" pattern of each model only redirects to its change page, for staff.
 OBJECT_REDIRECT = (302, 302, 302, 302, 302, 302)
@@ -244,6 +245,9 @@ def world(settings, tmp_path) -> dict[str, object]:
         "reports.report": report,
         "ops.taskrun": TaskRun.objects.create(
             task_name="orders.tasks.check_pending_orders", task_id="authz", source="command"
+        ),
+        "ops.schedulechange": ScheduleChange.objects.create(
+            via="admin", action="added", kind="interval", object_id="1", object_name="every minute"
         ),
         "ops.beatheartbeat": BeatHeartbeat.objects.create(
             node="authz:1", role="leader", started_at=timezone.now(), seen_at=timezone.now() - timedelta(hours=2)
