@@ -6,6 +6,7 @@ with a message an operator can act on, instead of half-working later.
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import timedelta
 from typing import Any
@@ -86,9 +87,14 @@ def parse_duration(text: str) -> timedelta:
     unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
     number = text[:-1] if text[-1:] in _DURATION_UNITS else text
     seconds = float(number) * _DURATION_UNITS[unit]
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError("the duration is longer than any date can express") from None
 
 
 def env_duration(name: str, default: Any = _MISSING) -> timedelta:

@@ -6,6 +6,7 @@ does, send the task, and leave a TaskRun row saying who sent what and when.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,24 @@ from ops.models import TaskRun
 from ops.publish import recorded_arguments
 
 RUN_PERMISSION = "ops.run_task"
+
+
+# Longest wait before a task sent by hand may run. Redis redelivers a message that is
+# not acknowledged within its visibility timeout (2 hours, config/settings.py), and a
+# message waiting for its countdown is not acknowledged: longer waits would run twice.
+MAX_COUNTDOWN = 3600
+
+
+def check_countdown(countdown: float | None) -> None:
+    """FieldErrors unless the countdown is None or a finite number of seconds from 0 to MAX_COUNTDOWN."""
+    if countdown is None:
+        return
+    if not math.isfinite(countdown):
+        raise FieldErrors({"countdown": ["The countdown must be a number of seconds."]})
+    if countdown < 0:
+        raise FieldErrors({"countdown": ["The countdown cannot be negative."]})
+    if countdown > MAX_COUNTDOWN:
+        raise FieldErrors({"countdown": [f"The countdown is at most {MAX_COUNTDOWN} seconds."]})
 
 
 class RetryRefused(Exception):
@@ -65,8 +84,7 @@ def run_task(
     """Validate and send a task by name; raises FieldErrors or PermissionDenied."""
     require_permission(user)
     invocation = catalog.validate(name, args, kwargs, queue)
-    if countdown is not None and countdown < 0:
-        raise FieldErrors({"countdown": ["The countdown cannot be negative."]})
+    check_countdown(countdown)
     task_id = str(uuid.uuid4())
     options = _send(invocation, task_id=task_id, countdown=countdown)
     return TaskRun.objects.create(

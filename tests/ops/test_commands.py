@@ -40,6 +40,11 @@ def run(*args: str) -> str:
         (["orders.tasks.process_order", "--kwargs", "[1]"], "JSON object"),
         (["orders.tasks.check_pending_orders", "--queue", "urgent"], "'urgent' is not a queue"),
         (["orders.tasks.check_pending_orders", "--countdown", "-5"], "countdown cannot be negative"),
+        (["orders.tasks.check_pending_orders", "--countdown", "nan"], "countdown must be a number of seconds"),
+        (["orders.tasks.check_pending_orders", "--countdown", "inf"], "countdown must be a number of seconds"),
+        (["orders.tasks.check_pending_orders", "--countdown", "1e12"], "at most 3600 seconds"),
+        (["orders.tasks.check_pending_orders", "--args", "[" * 5000 + "]" * 5000], "nested deeper"),
+        (["orders.tasks.check_pending_orders", "--kwargs", '{"a": "\\u0000"}'], "NUL character"),
         (["orders.tasks.check_pending_orders", "--user", "nobody"], "No user is called 'nobody'"),
     ],
 )
@@ -147,7 +152,7 @@ def test_purge_results_deletes_only_old_results_in_batches(monkeypatch) -> None:
     assert list(TaskResult.objects.values_list("task_id", flat=True)) == ["new"]
 
 
-@pytest.mark.parametrize("value", ["soon", "7 days", "-1d", "0d"])
+@pytest.mark.parametrize("value", ["soon", "7 days", "-1d", "0d", "inf", "nan", "999999d", "1e300"])
 def test_purge_results_rejects_a_bad_age(value: str) -> None:
     with pytest.raises(CommandError, match="--older-than"):
         run("purge_results", "--older-than", value)

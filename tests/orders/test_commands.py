@@ -51,6 +51,20 @@ def test_seed_orders_spreads_orders_over_the_span_in_the_time_zone() -> None:
     assert Order.objects.filter(status="completed").count() > 200
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--end", "9999-12-31"], "cannot be in the future"),
+        (["--start", "9999-01-01", "--end", "9999-12-31"], "cannot be in the future"),
+        (["--start", "0001-01-01", "--end", "0001-01-05"], "1900-01-01"),
+    ],
+)
+def test_seed_orders_refuses_dates_it_cannot_place_orders_on(arguments: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("seed_orders", "--count", "3", *arguments, stdout=StringIO(), stderr=StringIO())
+    assert not Order.objects.exists()
+
+
 def test_seed_orders_rejects_bad_arguments_with_a_clear_error() -> None:
     with pytest.raises(CommandError, match="--start 2026-04-01 is after --end 2026-03-01"):
         call_command("seed_orders", "--count", "5", "--start", "2026-04-01", "--end", "2026-03-01")

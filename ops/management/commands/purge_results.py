@@ -30,7 +30,12 @@ class Command(BaseCommand):
             raise CommandError(f"--older-than {older_than!r} is not a duration; use e.g. 7d, 12h or 90m.") from None
         if age.total_seconds() <= 0:
             raise CommandError("--older-than must be more than zero.")
-        cutoff = timezone.now() - age
+        try:
+            cutoff = timezone.now() - age
+        except OverflowError:
+            raise CommandError(
+                f"--older-than {older_than!r} reaches back before the year 1; no result is that old."
+            ) from None
         old = TaskResult.objects.filter(date_done__lt=cutoff)
         total = old.count()
         if dry_run:

@@ -9,6 +9,9 @@ from tqdm import tqdm
 
 from orders.seeding import seed_orders
 
+# Reports cover days from 1900 on (reports.services.FIRST_DAY); older orders would only be noise.
+FIRST_SEED_DAY = date(1900, 1, 1)
+
 
 def parse_date(value: str) -> date:
     try:
@@ -42,6 +45,10 @@ class Command(BaseCommand):
         first = parse_date(start) if start else last - timedelta(days=89)
         if first > last:
             raise CommandError(f"--start {first} is after --end {last}.")
+        if last > today:
+            raise CommandError(f"--end {last} cannot be in the future: seeded orders are history.")
+        if first < FIRST_SEED_DAY:
+            raise CommandError(f"--start {first} is before {FIRST_SEED_DAY}; reports cannot show older orders.")
         with tqdm(total=count, unit="order", file=self.stderr, disable=options["verbosity"] == 0) as bar:
             made = seed_orders(
                 count=count, start=first, end=last, customers=customers, seed=options["seed"], progress=bar.update
