@@ -18,9 +18,9 @@ RUN pip install -r requirements.txt
 COPY --chown=app:app . .
 # collectstatic needs settings to load; these values exist only for this build
 # step and are not in the final environment.
-RUN DEBUG=0 SECRET_KEY=collectstatic-only-build-step DATA_DIR=/tmp/build-data \
+RUN DEBUG=0 SECRET_KEY=collectstatic-only-build-step EMAIL_URL=dummy:// DATA_DIR=/tmp/build-data \
     python manage.py collectstatic --noinput --verbosity 0
 
 USER app
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]
+CMD ["gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application", "--bind", "0.0.0.0:8000"]

@@ -31,6 +31,8 @@ BENCH_REDIS_DB = 14
 PRODUCT_ENV = {
     "PAYMENT_SANDBOX_LATENCY_MS": "0",
     "EMAIL_RATE_LIMIT": "off",
+    # Scenarios that send mail point it at their SMTP sink; DEBUG is off, so it must be set.
+    "EMAIL_URL": "dummy://",
     "DEBUG": "0",
 }
 

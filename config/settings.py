@@ -6,6 +6,7 @@ broker under ./var. Docker compose and CI set real URLs. See README "Configurati
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -160,6 +161,13 @@ STORAGES = {
 }
 
 # --- Email ------------------------------------------------------------------
+if not DEBUG and "EMAIL_URL" not in os.environ:
+    # Without it, production would print reset links to the worker's log (console) or,
+    # in compose, hand every email to a catch-all server: the choice must be explicit.
+    raise ImproperlyConfigured(
+        "EMAIL_URL is required when DEBUG is off, e.g. smtp://user:password@smtp.example.com:587?tls=1 "
+        "(console:// prints each email, links included, to the worker's output)."
+    )
 globals().update(env_email("EMAIL_URL", "console://"))
 # A hung SMTP server must not hold a worker for the whole task time limit.
 EMAIL_TIMEOUT = globals().get("EMAIL_TIMEOUT", 10)
@@ -210,6 +218,7 @@ LOGGING = {
     "filters": {
         "task_context": {"()": "core.logging.TaskContextFilter"},
         "hide_probes_received": {"()": "ops.liveness.HideProbesReceived"},
+        "redact_secrets": {"()": "ops.redaction.RedactSecretsFilter"},
     },
     "formatters": {
         "standard": {
@@ -220,7 +229,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "standard",
-            "filters": ["task_context"],
+            "filters": ["task_context", "redact_secrets"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

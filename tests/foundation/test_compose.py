@@ -56,6 +56,9 @@ def check_command(words: list[str]) -> None:
     elif program == "python":
         assert (PROJECT_ROOT / args[0]).is_file(), f"{args[0]} does not exist"
     elif program == "gunicorn":
+        if args[0] == "-c":
+            assert (PROJECT_ROOT / args[1]).is_file(), f"{args[1]} does not exist"
+            args = args[2:]
         module, _, attribute = args[0].partition(":")
         assert hasattr(importlib.import_module(module), attribute), f"{args[0]} does not exist"
     elif program == "celery":
@@ -150,10 +153,25 @@ def test_app_services_wait_for_healthy_dependencies() -> None:
             assert SERVICES[name]["depends_on"]["web"]["condition"] == "service_healthy"
 
 
-def test_compose_sends_mail_to_mailpit_unless_told_otherwise() -> None:
+def test_compose_needs_an_email_url_and_the_example_names_mailpit() -> None:
     environment = SERVICES["worker-high"]["environment"]
-    assert environment["EMAIL_URL"] == "${EMAIL_URL:-smtp://mailpit:1025}"
-    assert "8025:8025" in SERVICES["mailpit"]["ports"]
+    assert environment["EMAIL_URL"].startswith("${EMAIL_URL:?")
+    assert example_env()["EMAIL_URL"] == "smtp://mailpit:1025"
+
+
+def test_web_flower_and_mailpit_are_published_on_this_machine_only() -> None:
+    for name in ("web", "flower", "mailpit"):
+        assert SERVICES[name]["ports"], name
+        assert all(port.startswith("127.0.0.1:") for port in SERVICES[name]["ports"]), name
+    assert all(
+        not service.get("ports") for name, service in SERVICES.items() if name not in ("web", "flower", "mailpit")
+    )
+
+
+def test_mailpit_asks_for_a_login_and_flower_runs_read_only() -> None:
+    assert SERVICES["mailpit"]["environment"]["MP_UI_AUTH"].startswith("${MAILPIT_UI_AUTH:?")
+    assert "--read_only" in shlex.split(SERVICES["flower"]["command"])
+    assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
 
 def test_web_migrates_installs_the_schedules_and_roles_then_serves_with_gunicorn() -> None:

@@ -19,6 +19,7 @@ def clean_env(tmp_path: Path, **values: str) -> dict[str, str]:
     """The process environment without any project settings, plus the given values."""
     env = {key: value for key, value in os.environ.items() if key not in (*CONTRACT_VARIABLES, "EMAIL_URL")}
     env["DATA_DIR"] = str(tmp_path)
+    env["EMAIL_URL"] = "console://"  # required with DEBUG off; test_email_url_is_required_* leaves it out
     env.update(values)
     return env
 
@@ -64,6 +65,18 @@ def test_it_refuses_to_start_with_a_bad_value_and_names_the_variable(
     last_line = result.stderr.strip().splitlines()[-1]
     assert "ImproperlyConfigured" in last_line
     assert named in last_line
+
+
+def test_email_url_is_required_when_debug_is_off_and_optional_with_debug_on(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, SECRET_KEY=secrets.token_urlsafe(50))
+    del env["EMAIL_URL"]
+
+    refused = manage(env, "check")
+    debugging = manage({**env, "DEBUG": "1"}, "check")
+
+    assert refused.returncode != 0
+    assert "EMAIL_URL is required when DEBUG is off" in refused.stderr.strip().splitlines()[-1]
+    assert debugging.returncode == 0, debugging.stderr
 
 
 def test_it_runs_with_embedded_defaults_when_nothing_is_set(tmp_path: Path) -> None:

@@ -162,8 +162,8 @@ class WebProcess(ManagedProcess):
     def __init__(self, env: dict[str, str], workers: int = 2, threads: int = 1) -> None:
         self.port = free_port()
         args = [
-            sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(workers), "--threads", str(threads), "--access-logfile", "-",
+            sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application",
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--threads", str(threads),
         ]  # fmt: skip
         super().__init__(args, {**env, "ALLOWED_HOSTS": "127.0.0.1,localhost"}, label="web")
 
