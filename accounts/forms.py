@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm, UserCreationForm
 from django.template.loader import render_to_string
+
+from accounts import throttle
+from accounts.services import address_key
 
 
 class SignUpForm(UserCreationForm):
@@ -15,15 +22,26 @@ class SignUpForm(UserCreationForm):
         model = get_user_model()
         fields = ("username", "email")
 
-    def clean_email(self) -> str:
-        email = self.cleaned_data["email"].strip()
-        if get_user_model().objects.filter(email__iexact=email).exists():
-            raise forms.ValidationError("An account with this email address already exists.")
-        return email
+    # No uniqueness check on the address: saying "already registered" would tell anyone
+    # which addresses have accounts. accounts.services.sign_up emails the owner instead.
 
 
 class OutboxPasswordResetForm(PasswordResetForm):
-    """Django's password reset, with the email queued in the outbox instead of sent inside the request."""
+    """Django's password reset, with the email queued in the outbox instead of sent inside the request.
+
+    Links start with SITE_URL, never with the request's Host header, and one address
+    gets at most one reset email per PASSWORD_RESET_EMAIL_INTERVAL however often it
+    is asked for (the page answers the same either way).
+    """
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        email = self.cleaned_data["email"]
+        if not throttle.hit(f"reset-mail:{address_key(email)}", 1, settings.PASSWORD_RESET_EMAIL_INTERVAL):
+            return
+        site = urlsplit(settings.SITE_URL)
+        kwargs.update(domain_override=site.netloc, use_https=site.scheme == "https")
+        kwargs["extra_email_context"] = {**(kwargs.get("extra_email_context") or {}), "site_url": settings.SITE_URL}
+        super().save(*args, **kwargs)
 
     def send_mail(
         self, subject_template_name: str, email_template_name: str, context: dict, from_email: str | None,

@@ -8,6 +8,7 @@ from django.urls import include, path
 
 from accounts import views as account_views
 from accounts.forms import OutboxPasswordResetForm
+from accounts.views import limit_posts_per_ip
 from ops import views as ops_views
 
 # JSON under /api/, Django's pages elsewhere (config/api.py).
@@ -26,10 +27,14 @@ urlpatterns = [
     path("health/", ops_views.health_ready, name="health"),
     path("metrics", ops_views.metrics, name="metrics"),
     path("accounts/signup/", account_views.signup, name="signup"),
+    path("accounts/signup/done/", account_views.signup_done, name="signup_done"),
+    path("accounts/confirm/<uidb64>/<token>/", account_views.confirm_email, name="confirm_email"),
     path("api/me/", account_views.api_me, name="api-me"),
     path(
         "accounts/password_reset/",
-        auth_views.PasswordResetView.as_view(form_class=OutboxPasswordResetForm),
+        limit_posts_per_ip("reset", "PASSWORD_RESET_RATE_LIMIT")(
+            auth_views.PasswordResetView.as_view(form_class=OutboxPasswordResetForm)
+        ),
         name="password_reset",
     ),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -76,6 +76,8 @@ class Notification(models.Model):
         ORDER_FAILED = "order_failed", "Order failed"
         ORDER_CANCELLED = "order_cancelled", "Order cancelled"
         PASSWORD_RESET = "password_reset", "Password reset"
+        EMAIL_CONFIRMATION = "email_confirmation", "Sign-up confirmation"
+        SIGNUP_EXISTING = "signup_existing", "Sign-up with a registered address"
         REPORT_READY = "report_ready", "Report ready"
         TEST = "test", "Test email"
         CAMPAIGN = "campaign", "Campaign"

@@ -31,7 +31,7 @@ ROLES = (
     Role(
         "Support",
         "Customer care: looks up customers, orders and their emails; re-sends failed orders and emails; "
-        "unlocks accounts locked out after failed logins.",
+        "lifts login lockouts.",
         (
             "auth.view_user",
             *_model_perms("orders.order", "view", "change"),  # change: Process / Retry failed orders
@@ -39,6 +39,9 @@ ROLES = (
             *_model_perms("orders.product", "view"),
             *_model_perms("notifications.notification", "view", "change"),  # change: Resend failed / Cancel queued
             *_model_perms("notifications.emailpreference", "view", "change"),
+            # Lifting a login lockout is deleting its failed attempts.
+            *_model_perms("axes.accessattempt", "view", "delete"),
+            *_model_perms("axes.accesslog", "view"),
         ),
     ),
     Role(

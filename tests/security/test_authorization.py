@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import pytest
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
@@ -74,6 +75,9 @@ TABLE: dict[str, Rule] = {
     "metrics": Rule("/metrics", "ops.view_operations", (401, 403, 403, 403, 200, 200)),
     "ops-overview": Rule("/admin/ops/overview/", "ops.view_operations", (302, 302, 302, 403, 200, 200)),
     "signup": Rule("/accounts/signup/", None, (200, 302, 302, 302, 302, 302)),
+    "signup_done": Rule("/accounts/signup/done/", None, (200, 200, 200, 200, 200, 200)),
+    # A link that is not valid (a customer's is tested in test_accounts): the page says so, for anyone.
+    "confirm_email": Rule("/accounts/confirm/MQ/bad-token/", None, (404, 404, 404, 404, 404, 404)),
     "api-me": Rule("/api/me/", None, (401, 200, 200, 200, 200, 200)),
     "login": Rule("/accounts/login/", None, (200, 200, 200, 200, 200, 200)),
     "logout": Rule("/accounts/logout/", None, (405, 405, 405, 405, 405, 405)),
@@ -144,6 +148,9 @@ TABLE: dict[str, Rule] = {
 
 # Models whose admin refuses add or delete to everyone, superusers included.
 NO_ADD = {
+    "axes.accessattempt",
+    "axes.accesslog",
+    "axes.accessfailurelog",
     "orders.order",
     "orders.payment",
     "sandbox.sandboxledgerentry",
@@ -261,6 +268,20 @@ def world(settings, tmp_path) -> dict[str, object]:
         "django_celery_beat.clockedschedule": ClockedSchedule.objects.create(clocked_time=timezone.now()),
         "django_celery_results.taskresult": TaskResult.objects.create(task_id="authz-result", status="SUCCESS"),
         "django_celery_results.groupresult": GroupResult.objects.create(group_id="authz-group"),
+        "axes.accessattempt": AccessAttempt.objects.create(
+            username="x",
+            ip_address="203.0.113.9",
+            user_agent="",
+            http_accept="",
+            path_info="/",
+            get_data="",
+            post_data="",
+            failures_since_start=1,
+        ),
+        "axes.accesslog": AccessLog.objects.create(username="x", user_agent="", http_accept="", path_info="/"),
+        "axes.accessfailurelog": AccessFailureLog.objects.create(
+            username="x", user_agent="", http_accept="", path_info="/"
+        ),
     }
     return {
         "customer": customer,

@@ -187,6 +187,13 @@ class WebProcess(ManagedProcess):
         return self
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Answer a redirect as it is (its status and Location), as the API tests expect of every answer."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 @dataclass
 class Response:
     status: int
@@ -201,7 +208,7 @@ class Response:
 class HttpSession:
     """A browser-like client for a real server: a session cookie and a CSRF token, JSON in and out."""
 
-    def __init__(self, base_url: str, session_key: str | None = None) -> None:
+    def __init__(self, base_url: str, session_key: str | None = None, *, follow_redirects: bool = True) -> None:
         self.base_url = base_url
         self.jar = http.cookiejar.CookieJar()
         # Django accepts the unmasked CSRF secret as the header value.
@@ -209,7 +216,10 @@ class HttpSession:
         self._set_cookie("csrftoken", self.csrf)
         if session_key:
             self._set_cookie("sessionid", session_key)
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPCookieProcessor(self.jar)]
+        if not follow_redirects:
+            handlers.append(_NoRedirects())
+        self.opener = urllib.request.build_opener(*handlers)
 
     def _set_cookie(self, name: str, value: str) -> None:
         self.jar.set_cookie(
@@ -224,6 +234,22 @@ class HttpSession:
             data, content_type = urllib.parse.urlencode(form, doseq=True).encode(), "application/x-www-form-urlencoded"
         else:
             data, content_type = None if payload is None else json.dumps(payload).encode(), "application/json"
+        return self.send_bytes(method, path, data, content_type, headers, timeout)
+
+    def post_form(self, path: str, fields: dict[str, str], headers: dict[str, str] | None = None) -> Response:
+        """POST an HTML form (urlencoded), as a browser does."""
+        return self.request("POST", path, headers=headers, form=fields)
+
+    def send_bytes(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        content_type: str,
+        headers: dict[str, str] | None,
+        timeout: float,
+    ) -> Response:
+        """Send these exact bytes with this Content-Type (the CSRF token and Referer a browser would send, too)."""
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Content-Type", content_type)
         request.add_header("X-CSRFToken", self.csrf)
