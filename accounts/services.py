@@ -66,6 +66,7 @@ def _queue_confirmation(user: AbstractBaseUser) -> None:
         body_text=render_to_string("accounts/email/confirm_email.txt", {"user": user, "link": link}),
         dedup_key=f"email_confirmation:{user.pk}:{uuid.uuid4().hex}",
         expires_at=timezone.now() + outbox.PASSWORD_RESET_EMAIL_LIFETIME,
+        credential_expires_at=outbox.credential_expiry(),
     )
 
 

@@ -16,6 +16,9 @@ from notifications.forms import CampaignForm
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services import campaigns, outbox
 
+# A reset or confirmation link in the outbox would let whoever reads it take the account.
+HIDDEN_CREDENTIAL = "Not shown: this email carries a one-time link that only its recipient may read."
+
 
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
@@ -26,10 +29,11 @@ class NotificationAdmin(admin.ModelAdmin):
     actions = ("resend_failed", "cancel_queued")
     readonly_fields = (
         "recipient", "user", "kind", "subject", "status", "attempts", "last_error", "dedup_key", "campaign",
-        "about", "task", "lease_owner", "lease_expires_at", "created_at", "sent_at", "expires_at", "headers",
-        "body_text", "body_html",
+        "about", "task", "lease_owner", "lease_expires_at", "created_at", "sent_at", "expires_at",
+        "credential_expires_at", "headers", "text", "html",
     )  # fmt: skip
-    exclude = ("subject_object", "task_id", "requeued_at")
+    # The bodies are shown through text/html below, which hide a credential-carrying one.
+    exclude = ("subject_object", "task_id", "requeued_at", "body_text", "body_html")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # messages are created by the services, never by hand
@@ -37,6 +41,14 @@ class NotificationAdmin(admin.ModelAdmin):
     @admin.display(description="error")
     def short_error(self, notification: Notification) -> str:
         return notification.last_error[:80]
+
+    @admin.display(description="body (text)")
+    def text(self, notification: Notification) -> str:
+        return HIDDEN_CREDENTIAL if notification.carries_credential else notification.body_text
+
+    @admin.display(description="body (HTML source)")
+    def html(self, notification: Notification) -> str:
+        return HIDDEN_CREDENTIAL if notification.carries_credential else notification.body_html
 
     @admin.display(description="about")
     def about(self, notification: Notification) -> SafeString | str:
@@ -55,7 +67,11 @@ class NotificationAdmin(admin.ModelAdmin):
         resent = sum(outbox.resend(pk) for pk in queryset.values_list("pk", flat=True))
         self.message_user(request, f"Resending {resent} failed message(s).", messages.SUCCESS)
         if skipped := queryset.count() - resent:
-            self.message_user(request, f"Skipped {skipped} that are not failed.", messages.WARNING)
+            self.message_user(
+                request,
+                f"Skipped {skipped} that are not failed, or carried a one-time link (the customer asks for a new one).",
+                messages.WARNING,
+            )
 
     @admin.action(description="Cancel queued", permissions=["change"])
     def cancel_queued(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:

@@ -85,6 +85,17 @@ class Notification(models.Model):
 
     # Sent one by one on high_priority; the rest go out in chunks on low_priority.
     BULK_KINDS = (Kind.CAMPAIGN, Kind.DIGEST)
+    # Kinds whose body carries a live credential: a link that sets a password or logs
+    # someone in. Only the recipient may ever read it, so the body is never shown in
+    # the admin, is replaced by REDACTED_BODY once the row is final (sent, failed,
+    # expired or cancelled), and the row is deleted when the credential expires
+    # (credential_expires_at), not after NOTIFICATION_RETENTION. A new kind like
+    # these is added here and gets all of that.
+    CREDENTIAL_KINDS = (Kind.PASSWORD_RESET, Kind.EMAIL_CONFIRMATION)
+    # Kinds any visitor can make the shop send (a reset, a sign-up): they leave part of
+    # EMAIL_RATE_LIMIT for order emails, so a flood of them never starves those.
+    VISITOR_KINDS = (Kind.PASSWORD_RESET, Kind.EMAIL_CONFIRMATION, Kind.SIGNUP_EXISTING)
+    REDACTED_BODY = "[Removed once this email left the outbox: it carried a one-time link.]"
     FINAL_STATUSES = (Status.SENT, Status.FAILED, Status.EXPIRED, Status.CANCELLED)
 
     recipient = models.CharField(max_length=254, validators=[EmailValidator()])
@@ -112,6 +123,9 @@ class Notification(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Not sent after this moment.")
+    credential_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="For a kind that carries a credential: when it stops working (row deleted)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -126,10 +140,20 @@ class Notification(models.Model):
             models.Index(fields=["campaign", "status"], name="notification_campaign_idx"),
             # Cleanup deletes old final rows by date.
             models.Index(fields=["status", "sent_at"], name="notification_cleanup_idx"),
+            # ...and the rows whose credential expired, a handful among millions.
+            models.Index(
+                fields=["credential_expires_at"],
+                name="notification_credential_idx",
+                condition=Q(credential_expires_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} to {self.recipient}"
+
+    @property
+    def carries_credential(self) -> bool:
+        return self.kind in self.CREDENTIAL_KINDS
 
 
 class EmailPreference(models.Model):

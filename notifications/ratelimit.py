@@ -37,10 +37,24 @@ class RateLimit:
         # The burst and the refill together never exceed `count` in one period.
         return max(self.count - self.capacity, 1) / self.period
 
+    # Three tiers share the budget: order emails (and the other transactional ones) take
+    # any token; emails any visitor can ask for (password reset, sign-up) leave a tenth
+    # of the burst, at least one token, so a flood of them never delays an order email;
+    # bulk senders (campaigns, the digest) leave a fifth, at least two, so neither tier
+    # waits behind a campaign. Spare tokens go to whoever asks: nothing idles.
+
+    def _reserve(self, share: int, floor: int) -> int:
+        return max(0, min(max(floor, self.capacity // share), self.capacity - 1))
+
+    @property
+    def visitor_reserve(self) -> int:
+        """Tokens reset and sign-up emails leave in the bucket for order emails."""
+        return self._reserve(10, 1)
+
     @property
     def bulk_reserve(self) -> int:
-        """Tokens bulk senders leave in the bucket, so order emails still flow during a campaign."""
-        return self.capacity // 5
+        """Tokens bulk senders leave in the bucket, for order emails and then reset and sign-up emails."""
+        return max(self._reserve(5, 2), self.visitor_reserve)
 
 
 @dataclass(frozen=True)

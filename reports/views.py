@@ -34,6 +34,7 @@ def report_json(report: Report) -> dict[str, object]:
         "chart_url": reverse("reports:chart", args=[report.pk]) if done and report.chart else None,
     }
 
+
 VIEW = "reports.view_report"
 REQUEST = "reports.request_report"
 

@@ -48,12 +48,23 @@ def audience(campaign: Campaign) -> QuerySet:
     return users
 
 
+# A customer as the templates see one, to render a campaign once before it is saved.
+SAMPLE_CUSTOMER = {"first_name": "Ada", "username": "ada", "email": "ada@example.com"}
+
+
 def check_campaign_template(text: str) -> None:
-    """Raise ValidationError if the subject or body is not a valid template."""
+    """Raise ValidationError if the subject or body does not compile, or compiles but cannot render.
+
+    Some errors show only when rendering ({% include %} of a template that does not
+    exist, {% url %} of an unknown name): they are found here, when staff save, not
+    for every recipient at launch.
+    """
     try:
-        Template(text)
+        Template(text).render(Context(SAMPLE_CUSTOMER))
     except TemplateSyntaxError as exc:
         raise ValidationError(f"The text has a template error: {exc}") from None
+    except Exception as exc:  # any rendering error: the template tags raise many kinds
+        raise ValidationError(f"The text cannot be rendered: {type(exc).__name__}: {exc}") from None
 
 
 def start_campaign(campaign_id: int, *, actor_id: int | None = None) -> Campaign:

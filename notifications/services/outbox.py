@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Case, F, Q, QuerySet, TextField, Value, When
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -32,6 +32,8 @@ Kind = Notification.Kind
 
 # Password reset links are worthless if they arrive late; do not send them after this.
 PASSWORD_RESET_EMAIL_LIFETIME = timedelta(hours=1)
+# The recipient column's length (RFC 5321 allows 254 in a path).
+RECIPIENT_MAX_LENGTH = Notification._meta.get_field("recipient").max_length
 
 
 class TransientSendError(TransientError):
@@ -59,21 +61,33 @@ def queue_email(
     headers: dict[str, str] | None = None,
     expires_at: datetime | None = None,
     subject_object: str = "",
+    credential_expires_at: datetime | None = None,
 ) -> Notification:
     """Create an outbox row in the caller's transaction and send it after commit.
 
     The same dedup_key twice returns the first row and sends nothing new.
-    Raises ValidationError for an invalid recipient address.
+    Raises ValidationError for an invalid recipient address. A kind that carries
+    a credential (Notification.CREDENTIAL_KINDS) must say when it expires.
     """
     recipient = recipient.strip()
     try:
+        if len(recipient) > RECIPIENT_MAX_LENGTH:
+            raise ValidationError("too long")
         validate_email(recipient)
     except ValidationError:
-        raise ValidationError({"recipient": [f"{recipient!r} is not a valid email address."]}) from None
+        raise ValidationError(
+            {
+                "recipient": [
+                    f"{recipient[:80]!r} is not a valid email address of at most {RECIPIENT_MAX_LENGTH} characters."
+                ]
+            }
+        ) from None
+    if kind in Notification.CREDENTIAL_KINDS and credential_expires_at is None:
+        raise ValueError(f"a {kind} email carries a credential: give its credential_expires_at")
     fields = {
         "kind": kind, "recipient": recipient, "subject": subject[:255], "body_text": body_text,
         "body_html": body_html, "user_id": user_id, "headers": headers or {}, "expires_at": expires_at,
-        "subject_object": subject_object,
+        "subject_object": subject_object, "credential_expires_at": credential_expires_at,
     }  # fmt: skip
     notification = Notification(dedup_key=dedup_key, **fields)
     # Insert first and look only on a conflict: a new message (the usual case)
@@ -90,8 +104,29 @@ def queue_password_reset(*, recipient: str, user_id: int, subject: str, body_tex
     queue_email(
         kind=Kind.PASSWORD_RESET, recipient=recipient, user_id=user_id, subject=subject, body_text=body_text,
         body_html=body_html, dedup_key=f"password_reset:{user_id}:{key}",
-        expires_at=timezone.now() + PASSWORD_RESET_EMAIL_LIFETIME,
+        expires_at=timezone.now() + PASSWORD_RESET_EMAIL_LIFETIME, credential_expires_at=credential_expiry(),
     )  # fmt: skip
+
+
+def credential_expiry() -> datetime:
+    """When a reset or confirmation link made now stops working (Django's PASSWORD_RESET_TIMEOUT)."""
+    return timezone.now() + timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT)
+
+
+def final(status: str, **fields: object) -> dict[str, object]:
+    """The UPDATE fields that make rows final with `status`: the body of a credential-carrying row is removed.
+
+    One statement either way (a CASE on the kind), so order emails pay nothing for it.
+    """
+    credential = Q(kind__in=Notification.CREDENTIAL_KINDS)
+    return {
+        "status": status,
+        "body_text": Case(
+            When(credential, then=Value(Notification.REDACTED_BODY)), default=F("body_text"), output_field=TextField()
+        ),
+        "body_html": Case(When(credential, then=Value("")), default=F("body_html"), output_field=TextField()),
+        **fields,
+    }
 
 
 def queue_test_email(recipient: str) -> Notification:
@@ -144,7 +179,8 @@ def send_notification(notification_id: int, *, attempt: Attempt) -> Outcome:
         return Outcome.EXPIRED
     limit = rate_limit()
     if limit is not None:
-        grant = ratelimit.take("email", 1, limit)
+        reserve = limit.visitor_reserve if notification.kind in Notification.VISITOR_KINDS else 0
+        grant = ratelimit.take("email", 1, limit, reserve=reserve)
         if not grant.granted:
             send_later(notification_id, notification.expires_at, countdown=grant.wait)
             return Outcome.THROTTLED
@@ -163,7 +199,8 @@ def send_notification(notification_id: int, *, attempt: Attempt) -> Outcome:
         logger.error("notification %s failed (task %s): %s", notification_id, task_id, error)
         return Outcome.FAILED
     finish([notification.pk], task_id, Status.SENT)
-    logger.info("notification %s sent to %s (task %s)", notification_id, notification.recipient, task_id)
+    # The id, not the address: INFO logs are read widely, and the row says where it went.
+    logger.info("notification %s sent (task %s)", notification_id, task_id)
     return Outcome.SENT
 
 
@@ -197,7 +234,7 @@ def expire_if_late(notification: Notification) -> bool:
     if notification.expires_at is None or notification.expires_at > timezone.now():
         return False
     Notification.objects.filter(claimable(timezone.now()), pk=notification.pk).update(
-        status=Status.EXPIRED, last_error="Expired before it could be sent.", updated_at=timezone.now()
+        **final(Status.EXPIRED, last_error="Expired before it could be sent.", updated_at=timezone.now())
     )
     logger.info("notification %s expired at %s, not sent", notification.pk, notification.expires_at)
     return True
@@ -205,10 +242,10 @@ def expire_if_late(notification: Notification) -> bool:
 
 def finish(ids: list[int], task_id: str, status: str, *, error: str = "") -> None:
     now = timezone.now()
+    sent_at = now if status == Status.SENT else None
     Notification.objects.filter(pk__in=ids, lease_owner=task_id, status=Status.SENDING).update(
-        status=status, sent_at=now if status == Status.SENT else None, last_error=error,
-        lease_owner="", lease_expires_at=None, updated_at=now,
-    )  # fmt: skip
+        **final(status, sent_at=sent_at, last_error=error, lease_owner="", lease_expires_at=None, updated_at=now)
+    )
 
 
 def hold_for_retry(ids: list[int], task_id: str, retry_in: int, error: str) -> None:
@@ -221,9 +258,17 @@ def hold_for_retry(ids: list[int], task_id: str, retry_in: int, error: str) -> N
 
 
 def resend(notification_id: int, task_id: str | None = None) -> bool:
-    """Send a failed email again (staff action). False when it is not failed."""
+    """Send a failed email again (staff action). False when it is not failed, or carried a credential.
+
+    A failed reset or confirmation email has had its link removed; the customer asks for a new one.
+    """
     with transaction.atomic():
-        notification = Notification.objects.select_for_update().filter(pk=notification_id, status=Status.FAILED).first()
+        notification = (
+            Notification.objects.select_for_update()
+            .filter(pk=notification_id, status=Status.FAILED)
+            .exclude(kind__in=Notification.CREDENTIAL_KINDS)
+            .first()
+        )
         if notification is None:
             return False
         Notification.objects.filter(pk=notification_id).update(
@@ -258,7 +303,8 @@ def retry_sending(notification_id: int, *, actor_id: int | None, task_id: str) -
     if notification is None:
         raise Refused(f"notification {notification_id} does not exist")
     if notification.status == Status.FAILED:
-        resend(notification.pk, task_id=task_id)
+        if not resend(notification.pk, task_id=task_id):
+            raise ValueError(f"notification {notification.pk} carried a one-time link; the customer asks for a new one")
     elif Notification.objects.filter(claimable(timezone.now()), pk=notification.pk).exists():
         send_later(notification.pk, notification.expires_at, on_commit=True, task_id=task_id)
     else:
@@ -269,6 +315,6 @@ def cancel_queued(notification_id: int) -> bool:
     """Cancel an email that has not gone out yet (staff action). False when it is not queued."""
     return bool(
         Notification.objects.filter(pk=notification_id, status=Status.QUEUED).update(
-            status=Status.CANCELLED, last_error="Cancelled by staff.", updated_at=timezone.now()
+            **final(Status.CANCELLED, last_error="Cancelled by staff.", updated_at=timezone.now())
         )
     )

@@ -13,7 +13,7 @@ from core import dispatch
 from notifications.models import Notification
 from notifications.services import campaigns
 from notifications.services.bulk import CHUNK_SIZE, batched
-from notifications.services.outbox import claimable, send_later
+from notifications.services.outbox import claimable, final, send_later
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def requeue_stale_notifications() -> int:
     relaunched = campaigns.relaunch_stalled(now)
     # Late rows are expired here: their task would be dropped by the broker (Celery expires) unrun.
     expired = Notification.objects.filter(claimable(now), expires_at__lte=now).update(
-        status=Status.EXPIRED, last_error="Expired before it could be sent.", updated_at=now
+        **final(Status.EXPIRED, last_error="Expired before it could be sent.", updated_at=now)
     )
     if expired:
         logger.info("stale sweep expired %s late notifications", expired)
@@ -67,10 +67,14 @@ def requeue_stale_notifications() -> int:
 
 
 def cleanup_notifications() -> int:
-    """Delete sent and expired rows older than NOTIFICATION_RETENTION, in batches."""
-    cutoff = timezone.now() - settings.NOTIFICATION_RETENTION
+    """Delete sent and expired rows older than NOTIFICATION_RETENTION, and rows whose credential expired, in batches."""
+    now = timezone.now()
+    cutoff = now - settings.NOTIFICATION_RETENTION
     old = Notification.objects.filter(
-        Q(status=Status.SENT, sent_at__lt=cutoff) | Q(status=Status.EXPIRED, updated_at__lt=cutoff)
+        Q(status=Status.SENT, sent_at__lt=cutoff)
+        | Q(status=Status.EXPIRED, updated_at__lt=cutoff)
+        # Whatever its status: a reset link's row goes when the link stops working.
+        | Q(credential_expires_at__lt=now)
     )
     deleted = 0
     while ids := list(old.values_list("pk", flat=True)[:CLEANUP_BATCH_SIZE]):
