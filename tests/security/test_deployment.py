@@ -8,6 +8,7 @@ import urllib.request
 
 import pytest
 from django.contrib.auth.tokens import default_token_generator
+from django.test import Client
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
@@ -76,3 +77,23 @@ def test_flower_as_compose_runs_it_refuses_to_send_or_revoke_tasks(process_env, 
         assert post("/api/task/send-task/orders.tasks.check_pending_orders") == 403
         assert post("/api/task/revoke/some-task-id") == 403
     assert all(not broker.llen(queue) for queue in ("high_priority", "default", "low_priority"))
+
+
+def test_gunicorn_answers_hostile_api_requests_with_json_4xx(web_env, settings) -> None:
+    customer = UserFactory()
+    client = Client()
+    client.force_login(customer)
+    with WebProcess(web_env) as web:
+        web.wait_ready()
+        session = HttpSession(web.base_url, client.cookies["sessionid"].value)
+        unknown = session.request("GET", "/api/no-such-endpoint/")
+        nul = session.request("POST", "/api/orders/", {"lines": [{"sku": "MUG\x00", "quantity": 1}]})
+        deep = session.send_bytes("POST", "/api/orders/", b"[" * 8000 + b"]" * 8000, "application/json", None, 30)
+        too_big = session.send_bytes(
+            "POST", "/api/orders/", b" " * (settings.ORDER_MAX_BODY_BYTES + 1), "application/json", None, 30
+        )
+        form = session.post_form("/api/orders/", {"lines": "MUG"})
+    answers = {"unknown": unknown, "nul": nul, "deep": deep, "too_big": too_big, "form": form}
+    expected = {"unknown": 404, "nul": 400, "deep": 400, "too_big": 413, "form": 415}
+    assert {name: r.status for name, r in answers.items()} == expected
+    assert all(r.headers["Content-Type"] == "application/json" for r in answers.values())
