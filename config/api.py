@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.csrf import csrf_failure as html_csrf_failure
 
-from ops import json_input
+from core import json_input
 
 API_PREFIX = "/api/"
 

@@ -27,8 +27,9 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 from django_celery_results import admin as results_admin
 from django_celery_results.models import TaskResult
 
+from core import json_input
 from core.errors import FieldErrors
-from ops import catalog, failures, json_input, lateness, runs, schedule_audit, schedule_checks, schedule_info
+from ops import catalog, failures, lateness, runs, schedule_audit, schedule_checks, schedule_info
 from ops.models import BeatHeartbeat, Failure, ScheduleChange, TaskRun
 from ops.publish import recorded_arguments
 

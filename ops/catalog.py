@@ -12,8 +12,8 @@ from django.conf import settings
 from django.db.models import Model
 
 from config import celery_app
+from core import json_input
 from core.errors import FieldErrors
-from ops import json_input
 
 # Celery's own task that beat installs when result_expires is set; staff may edit its schedule.
 BUILTIN_PERIODIC_TASKS = ("celery.backend_cleanup",)

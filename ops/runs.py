@@ -17,8 +17,9 @@ from django.utils.module_loading import import_string
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
+from core import json_input
 from core.errors import FieldErrors, Refused
-from ops import catalog, json_input, schedule_checks
+from ops import catalog, schedule_checks
 from ops.models import TaskRun
 from ops.publish import recorded_arguments
 

@@ -14,7 +14,7 @@ from celery.schedules import ParseException
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from ops import json_input
+from core import json_input
 
 # Errors the schedule classes raise for values they cannot use.
 SCHEDULE_ERRORS = (ValueError, TypeError, ParseException, OverflowError, RuntimeError)
