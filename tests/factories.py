@@ -38,3 +38,23 @@ class ProductFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Product {n}")
     price = Decimal("10.00")
     stock = 100
+
+
+def staff_with(*permissions: str) -> object:
+    """A staff user holding exactly these permissions ("app_label.codename"), and no others."""
+    from django.contrib.auth.models import Permission
+
+    user = UserFactory(is_staff=True)
+    for name in permissions:
+        app, codename = name.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+    return user
+
+
+def client_of(user: object) -> object:
+    """A test client logged in as `user`."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client

@@ -10,13 +10,12 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils.timezone import now
 
 from ops import runs
 from ops.models import BeatHeartbeat
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_with
 from tests.support.processes import PROJECT_ROOT, BeatProcess, WorkerProcess, wait_for
 from tests.support.servers import HttpSession, RedisServer, WebProcess
 
@@ -24,13 +23,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 TOKEN = "health-test-token"
-
-
-def staff_with(permission: str):
-    app, codename = permission.split(".")
-    user = UserFactory(is_staff=True)
-    user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
-    return user
 
 
 def health(client: Client) -> tuple[int, dict]:

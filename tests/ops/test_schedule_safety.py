@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from ops.models import ScheduleChange
-from tests.factories import UserFactory
+from tests.factories import client_of, staff_with
 
 pytestmark = pytest.mark.django_db
 
@@ -44,13 +43,7 @@ def crontab_form(**fields: str) -> dict[str, str]:
 
 
 def client_with(*permissions: str) -> Client:
-    user = UserFactory(is_staff=True)
-    for name in permissions:
-        app, codename = name.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
-    client = Client()
-    client.force_login(user)
-    return client
+    return client_of(staff_with(*permissions))
 
 
 SCHEDULE_EDITOR = (
@@ -58,13 +51,6 @@ SCHEDULE_EDITOR = (
     "django_celery_beat.add_periodictask",
     "django_celery_beat.change_periodictask",
 )
-
-
-@pytest.fixture
-def admin_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
 
 
 @pytest.fixture
@@ -205,7 +191,7 @@ def test_changing_a_crontab_that_an_enabled_task_uses_needs_the_run_permission()
 
 
 def test_every_change_to_a_schedule_is_recorded_with_who_when_and_each_fields_old_and_new_value(
-    admin_client, staff, every_minute
+    admin_client, admin_user, every_minute
 ) -> None:
     admin_client.post(ADD_URL, schedule_form(every_minute))
     task = PeriodicTask.objects.get()
@@ -220,7 +206,7 @@ def test_every_change_to_a_schedule_is_recorded_with_who_when_and_each_fields_ol
 
     added, changed, disabled, deleted = ScheduleChange.objects.order_by("id")
     assert [c.action for c in (added, changed, disabled, deleted)] == ["added", "changed", "changed", "deleted"]
-    assert {c.changed_by for c in (added, changed, disabled, deleted)} == {staff}
+    assert {c.changed_by for c in (added, changed, disabled, deleted)} == {admin_user}
     assert added.changes["task"] == [None, "orders.tasks.check_pending_orders"]
     assert changed.changes == {"description": ["", "Nightly"], "expire_seconds": [None, "50"]}
     assert disabled.changes == {"enabled": ["True", "False"]}

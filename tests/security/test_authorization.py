@@ -20,7 +20,7 @@ from datetime import date, timedelta
 import pytest
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.files.base import ContentFile
 from django.test import Client
@@ -41,7 +41,7 @@ from ops.models import BeatHeartbeat, ScheduleChange, TaskRun
 from orders.models import Order, Payment
 from reports.models import Report
 from sandbox.models import SandboxFault, SandboxLedgerEntry
-from tests.factories import StaffFactory, UserFactory
+from tests.factories import StaffFactory, UserFactory, client_of, staff_with
 from tests.orders.helpers import place, product
 
 pytestmark = pytest.mark.django_db
@@ -296,22 +296,16 @@ def world(settings, tmp_path) -> dict[str, object]:
 
 
 def client_for(actor: str, world: dict[str, object], permission: str | tuple[str, ...] | None) -> Client:
-    client = Client()
+    permissions = (permission,) if isinstance(permission, str) else permission or ()
     user = {
         "anonymous": lambda: None,
         "customer": lambda: world["customer"],
         "other_customer": lambda: UserFactory(),
-        "staff": lambda: UserFactory(is_staff=True),
-        "staff_with_permission": lambda: UserFactory(is_staff=True),
+        "staff": lambda: staff_with(),
+        "staff_with_permission": lambda: staff_with(*permissions),
         "superuser": lambda: StaffFactory(),
     }[actor]()
-    if actor == "staff_with_permission" and permission:
-        for name in (permission,) if isinstance(permission, str) else permission:
-            app, codename = name.split(".")
-            user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
-    if user is not None:
-        client.force_login(user)
-    return client
+    return Client() if user is None else client_of(user)
 
 
 # --- the tests -------------------------------------------------------------------------------------

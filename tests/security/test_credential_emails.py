@@ -11,7 +11,6 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -20,7 +19,7 @@ from django.utils import timezone
 from core.base_task import Attempt
 from notifications.models import Campaign, Notification
 from notifications.services import outbox, sweeps
-from tests.factories import UserFactory
+from tests.factories import client_of, staff_with
 from tests.notifications.helpers import transactional
 from tests.support.processes import wait_for
 
@@ -38,11 +37,7 @@ def reset_email(customer, settings) -> Notification:
 
 def viewer_of_notifications() -> Client:
     """Staff with only "view notification": the issue's attacker."""
-    user = UserFactory(is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="view_notification"))
-    client = Client()
-    client.force_login(user)
-    return client
+    return client_of(staff_with("notifications.view_notification"))
 
 
 def test_staff_who_may_view_the_outbox_never_see_a_reset_link(reset_email) -> None:

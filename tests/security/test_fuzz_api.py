@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db.models import Count
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from notifications.models import Campaign
 from orders.models import Order, OrderLine, Product
 from reports.models import Report
-from tests.factories import UserFactory
+from tests.factories import client_of, staff_with
 
 pytestmark = pytest.mark.django_db
 
@@ -57,20 +56,12 @@ def assert_clean_answer(response) -> None:
 
 @pytest.fixture
 def customer_api(customer) -> Client:
-    client = Client()
-    client.force_login(customer)
-    return client
+    return client_of(customer)
 
 
 @pytest.fixture
 def finance_api() -> Client:
-    user = UserFactory(is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(codename__in=["view_report", "request_report", "view_campaign"])
-    )
-    client = Client()
-    client.force_login(user)
-    return client
+    return client_of(staff_with("reports.view_report", "reports.request_report", "notifications.view_campaign"))
 
 
 def assert_orders_whole() -> None:
