@@ -107,7 +107,7 @@ def read_json(request: HttpRequest, *, max_bytes: int) -> Any:
         raise ApiError(400, errors={exc.path or "body": [str(exc)]}) from None
 
 
-# --- error handlers (handler400/403/404 in config/urls.py; handler500 is core.unavailable's) ------------------------------
+# --- error handlers (handler400/403/404 in config/urls.py; handler500 is core.unavailable's) -------------
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
