@@ -125,7 +125,7 @@ def test_readiness_names_the_broker_when_it_is_down(web_env) -> None:
     body = detailed.json()
     assert "broker" in body["failing"] and "workers" in body["failing"]
     assert body["checks"]["broker"]["ok"] is False
-    assert anonymous.json() == {"status": "unhealthy", "failing": body["failing"]}
+    assert anonymous.json() == {"status": "unhealthy", "failing": body["failing"], "warnings": body["warnings"]}
     assert "127.0.0.1" not in anonymous.body.decode(), "the broker's address is in the raw error text"
 
 
@@ -163,7 +163,7 @@ def test_anonymous_callers_get_the_status_and_the_names_of_failing_parts_only(cl
     client.force_login(staff_with("ops.view_operations"))
     operator = client.get("/health/").json()
 
-    assert set(anonymous) == set(plain_staff) == {"status", "failing"}
+    assert set(anonymous) == set(plain_staff) == {"status", "failing", "warnings"}
     assert "workers" in anonymous["failing"]  # no worker runs here
     assert "secret-host" not in json.dumps(anonymous)
     for detailed in (by_token, operator):

@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
+from ops import schedules
 from ops.models import ScheduleChange
 from tests.factories import client_of, staff_with
 
@@ -237,6 +238,7 @@ def test_setup_schedules_records_what_it_creates_and_resets(every_minute) -> Non
     PeriodicTask.objects.filter(name="Reports: daily sales").update(enabled=False)
     call_command("setup_schedules", "--reset", "Reports: daily sales", verbosity=0)
 
-    assert ScheduleChange.objects.filter(action="added", via="manage.py setup_schedules").count() == 7
+    added = ScheduleChange.objects.filter(action="added", via="manage.py setup_schedules")
+    assert added.count() == len(schedules.DEFAULTS)
     reset = ScheduleChange.objects.get(via="manage.py setup_schedules --reset")
     assert reset.changes == {"enabled": ["False", "True"]}
