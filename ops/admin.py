@@ -191,8 +191,8 @@ class ProjectPeriodicTaskAdmin(AuditedScheduleAdmin, beat_admin.PeriodicTaskAdmi
 
     @admin.display(description="on time?")
     def on_time(self, task: PeriodicTask) -> SafeString | str:
-        if not task.enabled:
-            return "—"
+        if not task.enabled or schedule_checks.problems(task):
+            return "—"  # a broken row is not late: beat skips it, and its "problem" says why
         check = lateness.check_of(task)
         if not check.checked:
             return "not checked (solar schedule)"
