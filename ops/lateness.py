@@ -40,6 +40,7 @@ from django_celery_results.models import TaskResult
 
 from config import celery_app
 from ops.health import Part
+from ops.schedule_checks import problems as row_problems
 
 # A crontab such as "Feb 29 on a Monday" fires once in 28 years; looking back
 # further than five years is pointless for a check whose results expire in days.
@@ -285,12 +286,13 @@ def _queue_of(task: PeriodicTask) -> str:
 
 
 def schedule_checks(now: datetime | None = None) -> list[ScheduleCheck]:
-    """Every enabled schedule's check, by name."""
+    """Every enabled schedule's check, by name; a row beat cannot run is left out (it is broken, not late)."""
     now = now or timezone.now()
     rows = annotate(
         PeriodicTask.objects.filter(enabled=True).select_related("interval", "crontab", "clocked", "solar")
     ).order_by("name")
-    return [check_of(task, now) for task in rows]
+    # Such a row is listed as broken instead, in /health/ and the admin (ops.schedule_checks).
+    return [check_of(task, now) for task in rows if not row_problems(task)]
 
 
 def late_schedules(now: datetime | None = None) -> list[ScheduleCheck]:

@@ -133,8 +133,8 @@ def test_beat_skips_bad_rows_by_name_keeps_running_the_rest_and_health_lists_the
         for name in bad:
             assert f"beat skips schedule '{name}'" in beat.output()
         health = Client().get("/health/", headers={"Authorization": "Bearer beat-test-token"}).json()
-        assert "schedules" in health["failing"]
-        assert set(health["checks"]["schedules"]["broken"]) == set(bad)
+        assert "broken_schedules" in health["failing"]
+        assert set(health["checks"]["broken_schedules"]["broken"]) == set(bad)
 
         PeriodicTask.objects.filter(name="Broken headers").update(headers="{}")
         PeriodicTasks.update_changed()  # what the admin's save does: beat re-reads the table

@@ -95,6 +95,7 @@ def test_health_and_metrics_reuse_a_recent_answer_of_the_workers_instead_of_ping
     from ops.models import RecentAnswer
 
     settings.WORKER_PING_MAX_AGE = timedelta(minutes=5)
+    settings.METRICS_TOKEN = TOKEN
     first = health(client)[1]["checks"]["workers"]
     asked_at = RecentAnswer.objects.get(key="workers").asked_at
     client.force_login(staff)

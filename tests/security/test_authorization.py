@@ -37,7 +37,7 @@ from django_celery_results.models import GroupResult, TaskResult
 
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services.preferences import unsubscribe_token
-from ops.models import BeatHeartbeat, ScheduleChange, TaskRun
+from ops.models import BeatHeartbeat, Failure, ScheduleChange, TaskRun
 from orders.models import Order, Payment
 from reports.models import Report
 from sandbox.models import SandboxFault, SandboxLedgerEntry
@@ -74,6 +74,7 @@ TABLE: dict[str, Rule] = {
     "health": Rule("/health/", None, (503, 503, 503, 503, 503, 503)),
     "metrics": Rule("/metrics", "ops.view_operations", (401, 403, 403, 403, 200, 200)),
     "ops-overview": Rule("/admin/ops/overview/", "ops.view_operations", (302, 302, 302, 403, 200, 200)),
+    "ops-failures": Rule("/admin/ops/failures/", "ops.view_failure", (302, 302, 302, 403, 200, 200)),
     "signup": Rule("/accounts/signup/", None, (200, 302, 302, 302, 302, 302)),
     "signup_done": Rule("/accounts/signup/done/", None, (200, 200, 200, 200, 200, 200)),
     # A link that is not valid (a customer's is tested in test_accounts): the page says so, for anyone.
@@ -159,9 +160,10 @@ NO_ADD = {
     "ops.taskrun",
     "ops.beatheartbeat",
     "ops.schedulechange",
+    "ops.failure",
     "django_celery_results.taskresult",
 }
-NO_DELETE = {"orders.order", "orders.payment", "ops.schedulechange"}
+NO_DELETE = {"orders.order", "orders.payment", "ops.schedulechange", "ops.failure"}
 ADMIN_PAGE_PERMISSION = {"changelist": "view", "change": "view", "history": "view", "add": "add", "delete": "delete"}
 # The unnamed "<object_id>/" pattern of each model only redirects to its change page, for staff.
 OBJECT_REDIRECT = (302, 302, 302, 302, 302, 302)
@@ -252,6 +254,14 @@ def world(settings, tmp_path) -> dict[str, object]:
         "reports.report": report,
         "ops.taskrun": TaskRun.objects.create(
             task_name="orders.tasks.check_pending_orders", task_id="authz", source="command"
+        ),
+        "ops.failure": Failure.objects.create(
+            task_id="authz-failure",
+            task_name="orders.tasks.process_order",
+            error_type="OrderFailed",
+            label="Payment declined",
+            fingerprint="authz",
+            failed_at=timezone.now(),
         ),
         "ops.schedulechange": ScheduleChange.objects.create(
             via="admin", action="added", kind="interval", object_id="1", object_name="every minute"
