@@ -63,6 +63,8 @@ def test_it_needs_the_admin_and_answers_without_any_worker(client, settings) -> 
     user = UserFactory(is_staff=True)
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="django_celery_beat"))
     client.force_login(user)
+    assert client.get(URL).status_code == 403  # staff, but without the operations permission
+    user.user_permissions.add(Permission.objects.get(codename="view_operations"))
     response = client.get(URL)
     assert response.status_code == 200
     assert "No worker has finished a task since it started, or none answered." in response.content.decode()
