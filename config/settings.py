@@ -407,6 +407,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # against max_retries, so a task that kills its worker every time ends FAILED
 # instead of looping. The delay is the base task's default_retry_delay (seconds).
 CELERY_TASK_RETRY_ON_WORKER_LOST = True
+# Workers keep revoked task ids (DELETE /api/tasks/<id>/, celery revoke) in a file of
+# their own, one per node name, so a restarted worker still refuses to run them.
+(DATA_DIR / "worker-state").mkdir(parents=True, exist_ok=True)
+CELERY_WORKER_STATE_DB = str(DATA_DIR / "worker-state" / "%n.db")
 # Each worker also consumes a queue of its own (<node>.dq2), where it sends itself
 # the liveness probe (ops/liveness.py).
 CELERY_WORKER_DIRECT = True

@@ -26,6 +26,7 @@ urlpatterns = [
     path("health/live", ops_views.health_live, name="health-live"),
     path("health/", ops_views.health_ready, name="health"),
     path("metrics", ops_views.metrics, name="metrics"),
+    path("api/tasks/<str:task_id>/", ops_views.api_task, name="api-task"),
     path("accounts/signup/", account_views.signup, name="signup"),
     path("accounts/signup/done/", account_views.signup_done, name="signup_done"),
     path("accounts/confirm/<uidb64>/<token>/", account_views.confirm_email, name="confirm_email"),

@@ -40,6 +40,7 @@ def send_notification(self: ProjectTask, notification_id: int) -> str:
     soft_time_limit=600,
     time_limit=660,
     subject=("notifications.Campaign", "campaign_id"),
+    cancel_with="notifications.services.campaigns.cancel_campaign",
 )
 def launch_campaign(self: ProjectTask, campaign_id: int) -> int:
     """Write the campaign's outbox rows and fan out its chunks as a group."""
@@ -52,6 +53,7 @@ def launch_campaign(self: ProjectTask, campaign_id: int) -> int:
     soft_time_limit=240,
     time_limit=300,
     subject=("notifications.Campaign", "campaign_id"),
+    cancel_with="notifications.services.campaigns.cancel_campaign",
     **EMAIL_RETRY_POLICY,
 )
 def send_campaign_chunk(self: ProjectTask, campaign_id: int, first_id: int, last_id: int) -> dict:

@@ -30,7 +30,7 @@ from django_celery_results.models import TaskResult
 from core import json_input
 from core.errors import FieldErrors
 from ops import catalog, failures, lateness, runs, schedule_audit, schedule_checks, schedule_info
-from ops.models import BeatHeartbeat, Failure, ScheduleChange, TaskRun
+from ops.models import BeatHeartbeat, Failure, ScheduleChange, TaskApiCall, TaskRun
 from ops.publish import recorded_arguments
 
 LINE_BREAK = mark_safe("<br>")
@@ -625,3 +625,26 @@ def report_replay(request: HttpRequest, outcome: failures.Replayed) -> None:
         messages.error(
             request, f"Not replayed: {reason}" if task_id in reason else f"Not replayed: {task_id}: {reason}"
         )
+
+
+@admin.register(TaskApiCall)
+class TaskApiCallAdmin(admin.ModelAdmin):
+    """The staff task API's audit: who looked at or stopped which task (read only)."""
+
+    list_display = ("at", "action", "task", "actor", "outcome")
+    list_filter = ("action", "at")
+    search_fields = ("=task_id", "actor__username")
+    readonly_fields = [field.name for field in TaskApiCall._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TaskApiCall | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: TaskApiCall | None = None) -> bool:
+        return False
+
+    @admin.display(description="task")
+    def task(self, call: TaskApiCall) -> SafeString:
+        return task_links([call.task_id])

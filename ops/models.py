@@ -168,3 +168,24 @@ class ScheduleChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} {self.kind} {self.object_name!r}"
+
+
+class TaskApiCall(models.Model):
+    """Who asked the staff task API about a task, or to stop it, and what it answered: an audit, read only."""
+
+    class Action(models.TextChoices):
+        VIEW = "view", "Looked at it"
+        STOP = "stop", "Asked to stop it"
+
+    task_id = models.CharField(max_length=255, db_index=True)
+    action = models.CharField(max_length=8, choices=Action.choices)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    outcome = models.CharField(max_length=500, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "task API call"
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()}: {self.task_id}"

@@ -56,6 +56,7 @@ ROLES = (
             *_model_perms("ops.schedulechange", "view"),
             # The failures page: see, replay (ops.run_task above) and dismiss with a note.
             *_model_perms("ops.failure", "view", "change"),
+            *_model_perms("ops.taskapicall", "view"),
             *_model_perms("django_celery_beat.periodictask", "view", "add", "change", "delete"),
             *_model_perms("django_celery_beat.intervalschedule", "view", "add", "change", "delete"),
             *_model_perms("django_celery_beat.crontabschedule", "view", "add", "change", "delete"),

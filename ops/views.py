@@ -19,7 +19,8 @@ from django.views.decorators.http import require_GET
 from django_celery_beat.models import PeriodicTask
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from config.api import json_error
+from config.api import api_view, json_error
+from core.errors import Refused
 from ops import census, health, lateness, runs, task_stats
 from ops.metrics import BackofficeCollector
 
@@ -175,3 +176,25 @@ def failures_page(request: HttpRequest) -> HttpResponse:
         "retention_days": settings.FAILURE_RETENTION.days,
     }
     return TemplateResponse(request, "admin/ops/failures.html", context)
+
+
+MAX_TASK_ID_LENGTH = 255
+
+
+@never_cache
+@api_view(methods=("GET", "DELETE"), permission=OPERATIONS_PERMISSION)
+def api_task(request: HttpRequest, task_id: str) -> HttpResponse:
+    """GET /api/tasks/<id>/: a task's state, progress, result or error and subject. DELETE: stop it. Audited."""
+    from ops import task_api
+
+    if len(task_id) > MAX_TASK_ID_LENGTH or not task_id.isprintable():
+        return json_error(400, errors={"task_id": [f"A task id has 1 to {MAX_TASK_ID_LENGTH} printable characters."]})
+    if request.method == "GET":
+        return JsonResponse(task_api.describe(task_id, user=request.user))
+    if not request.user.has_perm(runs.RUN_PERMISSION):
+        return json_error(403, f"Stopping a task needs the {runs.RUN_PERMISSION!r} permission too.")
+    try:
+        stopped = task_api.stop(task_id, user=request.user)
+    except Refused as exc:
+        return json_error(409, str(exc))
+    return JsonResponse({"id": task_id, "state": stopped.state, "outcome": stopped.outcome}, status=202)

@@ -20,6 +20,7 @@ from orders.services import actions, pipeline
     time_limit=120,
     subject=("orders.Order", "order_id"),
     retry_with="orders.services.actions.retry_processing",
+    cancel_with="orders.services.actions.cancel_order",
 )
 def process_order(self: ProjectTask, order_id: int) -> str:
     """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step."""

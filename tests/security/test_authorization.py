@@ -37,7 +37,7 @@ from django_celery_results.models import GroupResult, TaskResult
 
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services.preferences import unsubscribe_token
-from ops.models import BeatHeartbeat, Failure, ScheduleChange, TaskRun
+from ops.models import BeatHeartbeat, Failure, ScheduleChange, TaskApiCall, TaskRun
 from orders.models import Order, Payment
 from reports.models import Report
 from sandbox.models import SandboxFault, SandboxLedgerEntry
@@ -75,6 +75,8 @@ TABLE: dict[str, Rule] = {
     "metrics": Rule("/metrics", "ops.view_operations", (401, 403, 403, 403, 200, 200)),
     "ops-overview": Rule("/admin/ops/overview/", "ops.view_operations", (302, 302, 302, 403, 200, 200)),
     "ops-failures": Rule("/admin/ops/failures/", "ops.view_failure", (302, 302, 302, 403, 200, 200)),
+    # The staff task API (DELETE also needs ops.run_task: tests/ops/test_task_api.py).
+    "api-task": Rule("/api/tasks/some-task-id/", "ops.view_operations", (401, 403, 403, 403, 200, 200)),
     "signup": Rule("/accounts/signup/", None, (200, 302, 302, 302, 302, 302)),
     "signup_done": Rule("/accounts/signup/done/", None, (200, 200, 200, 200, 200, 200)),
     # A link that is not valid (a customer's is tested in test_accounts): the page says so, for anyone.
@@ -161,9 +163,10 @@ NO_ADD = {
     "ops.beatheartbeat",
     "ops.schedulechange",
     "ops.failure",
+    "ops.taskapicall",
     "django_celery_results.taskresult",
 }
-NO_DELETE = {"orders.order", "orders.payment", "ops.schedulechange", "ops.failure"}
+NO_DELETE = {"orders.order", "orders.payment", "ops.schedulechange", "ops.failure", "ops.taskapicall"}
 ADMIN_PAGE_PERMISSION = {"changelist": "view", "change": "view", "history": "view", "add": "add", "delete": "delete"}
 # The unnamed "<object_id>/" pattern of each model only redirects to its change page, for staff.
 OBJECT_REDIRECT = (302, 302, 302, 302, 302, 302)
@@ -263,6 +266,7 @@ def world(settings, tmp_path) -> dict[str, object]:
             fingerprint="authz",
             failed_at=timezone.now(),
         ),
+        "ops.taskapicall": TaskApiCall.objects.create(task_id="authz-call", action="view"),
         "ops.schedulechange": ScheduleChange.objects.create(
             via="admin", action="added", kind="interval", object_id="1", object_name="every minute"
         ),

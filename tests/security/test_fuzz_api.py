@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 from django.db.models import Count
@@ -112,3 +113,11 @@ def test_reading_any_report_campaign_or_me_never_fails_with_a_5xx(finance_api, p
     Campaign.objects.get_or_create(name="Spring", defaults={"subject": "Hi", "body": "Hi"})
     for path in (f"/api/reports/{pk}/", f"/api/campaigns/{pk}/", "/api/me/", f"/api/nothing/{pk}/"):
         assert_clean_answer(finance_api.get(path))
+
+
+@FUZZ
+@given(task_id=text.filter(bool))
+def test_reading_and_stopping_any_task_id_never_fails_with_a_5xx(admin_client, task_id) -> None:
+    path = f"/api/tasks/{quote(task_id.encode('utf-8', 'surrogatepass'), safe='')}/"
+    assert_clean_answer(admin_client.get(path))
+    assert_clean_answer(admin_client.delete(path))
