@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.support.broker import queue_keys
-from tests.support.processes import PROJECT_ROOT, WorkerProcess
+from tests.support.processes import PROJECT_ROOT, ManagedProcess, WorkerProcess
 
 # Keys kombu's Redis transport keeps besides the queues themselves.
 KOMBU_BOOKKEEPING = ("unacked", "unacked_index", "unacked_mutex")
@@ -53,6 +53,17 @@ def _static_files_without_collectstatic(settings) -> None:
 def _fast_password_hashing(settings) -> None:
     """Users made in-process need no slow hashing; tests that log in over HTTP set a real hash."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """A worker left running consumes the next tests' tasks with its own settings; stop it and say who left it."""
+    yield
+    leftovers = [process for process in ManagedProcess.running if process.alive()]
+    for process in list(ManagedProcess.running):
+        process.kill_group()
+    if leftovers:
+        pytest.fail(f"the test left processes running: {', '.join(p.label for p in leftovers)}")
 
 
 @pytest.fixture(scope="session")

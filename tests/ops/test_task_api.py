@@ -122,7 +122,7 @@ def test_a_task_revoked_before_it_started_is_still_revoked_for_the_worker_after_
     # The same worker, restarted: its node name, so its state file (CELERY_WORKER_STATE_DB).
     again = WorkerProcess(env)
     again.args[again.args.index("-n") + 1] = again.nodename = first.nodename
-    with again.start():
+    with again:
         again.wait_ready(celery_app)
         assert waiting.task_id in revoked_on(again)
     assert TaskApiCall.objects.get(action="stop").outcome == "PENDING: revoked: no worker will start it"

@@ -39,6 +39,9 @@ def free_port() -> int:
 class ManagedProcess:
     """A child process in its own session, with its output kept in a log file."""
 
+    # Every process started and not yet stopped; the suite fails a test that leaves one running.
+    running: set[ManagedProcess] = set()
+
     def __init__(self, args: Sequence[str], env: dict[str, str], label: str, cwd: Path = PROJECT_ROOT) -> None:
         self.args = list(args)
         self.env = env
@@ -48,11 +51,14 @@ class ManagedProcess:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
+        if self.alive():  # a second Popen would orphan the first, which then runs on unseen
+            raise RuntimeError(f"{self.label} is already running (pid {self.pid})")
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+        ManagedProcess.running.add(self)
         return self
 
     @property
@@ -77,6 +83,7 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         self.popen.wait(timeout=10)
+        ManagedProcess.running.discard(self)
 
     def stop(self, timeout: float = 30) -> int | None:
         """Ask the process to stop (SIGTERM); kill it if it does not stop within timeout."""
