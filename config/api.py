@@ -52,13 +52,13 @@ def is_api(request: HttpRequest) -> bool:
 View = Callable[..., HttpResponse]
 
 
-def api_view(*, methods: tuple[str, ...], permission: str | None = None) -> Callable[[View], View]:
-    """Require a session login (401), the named permission if any (403) and an allowed method (405), as JSON."""
+def api_view(*, methods: tuple[str, ...], permission: str | None = None, login: bool = True) -> Callable[[View], View]:
+    """Require a session login (401; unless login=False), the named permission (403), an allowed method (405)."""
 
     def decorate(view: View) -> View:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if not request.user.is_authenticated:
+            if login and not request.user.is_authenticated:
                 return json_error(401, "Authentication required: log in at /accounts/login/.")
             if permission is not None and not request.user.has_perm(permission):
                 return json_error(403, f"This needs the {permission!r} permission.")
@@ -71,6 +71,7 @@ def api_view(*, methods: tuple[str, ...], permission: str | None = None) -> Call
             except ApiError as exc:
                 return exc.response()
 
+        wrapper.api_methods = methods  # type: ignore[attr-defined]  # read by the OpenAPI test
         return wrapper
 
     return decorate

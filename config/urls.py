@@ -9,6 +9,7 @@ from django.urls import include, path
 from accounts import views as account_views
 from accounts.forms import OutboxPasswordResetForm
 from accounts.views import limit_posts_per_ip
+from config import docs
 from ops import views as ops_views
 
 # JSON under /api/, Django's pages elsewhere (config/api.py).
@@ -27,6 +28,8 @@ urlpatterns = [
     path("health/", ops_views.health_ready, name="health"),
     path("metrics", ops_views.metrics, name="metrics"),
     path("api/tasks/<str:task_id>/", ops_views.api_task, name="api-task"),
+    path("api/schema/", docs.api_schema, name="api-schema"),
+    path("docs/api/", docs.api_docs, name="api-docs"),
     path("accounts/signup/", account_views.signup, name="signup"),
     path("accounts/signup/done/", account_views.signup_done, name="signup_done"),
     path("accounts/confirm/<uidb64>/<token>/", account_views.confirm_email, name="confirm_email"),

@@ -77,6 +77,9 @@ TABLE: dict[str, Rule] = {
     "ops-failures": Rule("/admin/ops/failures/", "ops.view_failure", (302, 302, 302, 403, 200, 200)),
     # The staff task API (DELETE also needs ops.run_task: tests/ops/test_task_api.py).
     "api-task": Rule("/api/tasks/some-task-id/", "ops.view_operations", (401, 403, 403, 403, 200, 200)),
+    # The API's description is public, as the endpoints' own 401/403 answers are: it holds no data.
+    "api-schema": Rule("/api/schema/", None, (200, 200, 200, 200, 200, 200)),
+    "api-docs": Rule("/docs/api/", None, (200, 200, 200, 200, 200, 200)),
     "signup": Rule("/accounts/signup/", None, (200, 302, 302, 302, 302, 302)),
     "signup_done": Rule("/accounts/signup/done/", None, (200, 200, 200, 200, 200, 200)),
     # A link that is not valid (a customer's is tested in test_accounts): the page says so, for anyone.
