@@ -133,7 +133,7 @@ FAILURES_DISMISS_PERMISSION = "ops.change_failure"
 def failures_page(request: HttpRequest) -> HttpResponse:
     """Admin page /admin/ops/failures/: open failures grouped by what went wrong; replay or dismiss a whole group."""
     from ops import failures
-    from ops.admin import DismissForm, report_replay, subject_url
+    from ops.admin.failures import DismissForm, report_replay, subject_url
     from ops.models import Failure
 
     if not request.user.has_perm(FAILURES_VIEW_PERMISSION):

@@ -1,55 +1,27 @@
-"""The admin for schedules and results, built on django-celery-beat's and django-celery-results' own.
-
-Adds what they lack: only project tasks can be scheduled, arguments must bind to
-the task's signature and queues must exist; a schedule shows its plain-words
-schedule, next runs and last results; "Run now" keeps priority and expires and
-"Retry" re-sends a result's task, both behind the ops.run_task permission.
-"""
+"""Periodic tasks and their schedules, on django-celery-beat's admin: project tasks only, bound arguments, audited."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
 from django.db import transaction
 from django.db.models import Count, Model, QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
 from django.templatetags.static import static
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 from django_celery_beat import admin as beat_admin
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask, SolarSchedule
-from django_celery_results import admin as results_admin
 from django_celery_results.models import TaskResult
 
 from core import json_input
 from core.errors import FieldErrors
-from ops import catalog, failures, lateness, runs, schedule_audit, schedule_checks, schedule_info
-from ops.models import BeatHeartbeat, Failure, ScheduleChange, TaskApiCall, TaskRun
-from ops.publish import recorded_arguments
-
-LINE_BREAK = mark_safe("<br>")
-
-
-def result_url(pk: int) -> str:
-    return reverse("admin:django_celery_results_taskresult_change", args=[pk])
-
-
-def result_search_url(task_id: str) -> str:
-    """The result list narrowed to one task id (its result appears once the task has run)."""
-    return f"{reverse('admin:django_celery_results_taskresult_changelist')}?q={task_id}"
-
-
-def task_links(task_ids: list[str]) -> SafeString:
-    return format_html_join(", ", '<a href="{}">{}</a>', ((result_search_url(i), i) for i in task_ids))
-
-
-# --- schedules -------------------------------------------------------------------------
+from ops import catalog, lateness, runs, schedule_audit, schedule_checks, schedule_info
+from ops.admin.links import LINE_BREAK, result_url, task_links
+from ops.models import ScheduleChange
 
 
 class ProjectTaskSelect(beat_admin.TaskSelectWidget):
@@ -419,232 +391,3 @@ class ScheduleChangeAdmin(admin.ModelAdmin):
 
 
 # --- results ------------------------------------------------------------------------------
-
-
-class ProjectTaskResultAdmin(results_admin.TaskResultAdmin):
-    list_display = ("task_id", "task_name", "status", "date_done", "periodic_task_name", "about", "retries", "worker")
-    actions = ("retry_selected",)
-    fieldsets = (
-        *results_admin.TaskResultAdmin.fieldsets,
-        ("Links", {"fields": ("about", "arguments", "retry_of", "retried_as"), "classes": ("wide",)}),
-    )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # results are written by workers; a blank one made here had an empty task id
-
-    def get_readonly_fields(self, request: HttpRequest, obj: TaskResult | None = None) -> list[str]:
-        # The parent makes every model field read-only (results are records); add the computed ones.
-        return [*super().get_readonly_fields(request, obj), "about", "arguments", "retry_of", "retried_as"]
-
-    @admin.display(description="about")
-    def about(self, result: TaskResult) -> SafeString | str:
-        try:
-            args, kwargs = recorded_arguments(result.task_args, result.task_kwargs)
-        except ValueError:
-            return "—"
-        target = catalog.subject_of(result.task_name or "", args, kwargs)
-        if target is None:
-            return "—"
-        meta = target._meta
-        url = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[target.pk])
-        return format_html('<a href="{}">{} #{}</a>', url, meta.verbose_name, target.pk)
-
-    @admin.display(description="arguments (as sent)")
-    def arguments(self, result: TaskResult) -> str:
-        try:
-            args, kwargs = recorded_arguments(result.task_args, result.task_kwargs)
-        except ValueError:
-            return "not recorded as JSON (cannot be retried)"
-        return f"args {json.dumps(args)}, kwargs {json.dumps(kwargs)}"
-
-    @admin.display(description="retry of")
-    def retry_of(self, result: TaskResult) -> SafeString | str:
-        run = (
-            TaskRun.objects.filter(task_id=result.task_id, source=TaskRun.Source.RETRY)
-            .select_related("requested_by")
-            .first()
-        )
-        if run is None:
-            return "—"
-        return format_html(
-            '<a href="{}">{}</a> (retried by {} at {})', result_search_url(run.retry_of), run.retry_of,
-            run.requested_by or "—", f"{run.requested_at:%Y-%m-%d %H:%M:%S}",
-        )  # fmt: skip
-
-    @admin.display(description="retried as")
-    def retried_as(self, result: TaskResult) -> SafeString | str:
-        retries = (
-            TaskRun.objects.filter(retry_of=result.task_id).select_related("requested_by").order_by("requested_at")
-        )
-        if not retries:
-            return "—"
-        return format_html_join(
-            LINE_BREAK, '<a href="{}">{}</a> by {} at {}',
-            ((result_search_url(r.task_id), r.task_id, r.requested_by or "—", f"{r.requested_at:%Y-%m-%d %H:%M:%S}") for r in retries),
-        )  # fmt: skip
-
-    @admin.display(description="retries")
-    def retries(self, result: TaskResult) -> str:
-        count = TaskRun.objects.filter(retry_of=result.task_id).count()
-        return str(count) if count else ""
-
-    def has_run_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(runs.RUN_PERMISSION)
-
-    @admin.action(description="Retry selected (as new tasks)", permissions=["run"])
-    def retry_selected(self, request: HttpRequest, queryset: QuerySet[TaskResult]) -> None:
-        sent = []
-        for result in queryset:
-            try:
-                sent.append(runs.retry_result(result, user=request.user).task_id)
-            except (runs.RetryRefused, FieldErrors) as exc:
-                self.message_user(request, f"Not retried: {exc}", messages.ERROR)
-        if sent:
-            self.message_user(
-                request, format_html("Retrying {} task(s): {}", len(sent), task_links(sent)), messages.SUCCESS
-            )
-
-
-admin.site.unregister(TaskResult)
-admin.site.register(TaskResult, ProjectTaskResultAdmin)
-
-
-@admin.register(TaskRun)
-class TaskRunAdmin(admin.ModelAdmin):
-    """Who ran or retried what, and when (read only)."""
-
-    list_display = ("requested_at", "source", "task_name", "new_task", "retry_of", "periodic_task_name", "requested_by")
-    list_filter = ("source", "task_name", "requested_at")
-    search_fields = ("task_id", "retry_of", "task_name", "requested_by__username")
-    readonly_fields = [field.name for field in TaskRun._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: TaskRun | None = None) -> bool:
-        return False
-
-    @admin.display(description="new task")
-    def new_task(self, run: TaskRun) -> SafeString:
-        return task_links([run.task_id])
-
-
-@admin.register(BeatHeartbeat)
-class BeatHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ("node", "role", "seen_at", "started_at")
-    readonly_fields = ("node", "role", "seen_at", "started_at")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-
-# --- failures ---------------------------------------------------------------------------
-
-
-def subject_url(label: str, pk: str) -> str | None:
-    """The admin page of what a failed task worked on ("orders.Order", "42"), if the admin has one."""
-    if not label or not pk:
-        return None
-    app_label, _, model = label.partition(".")
-    try:
-        return reverse(f"admin:{app_label}_{model.lower()}_change", args=[pk])
-    except NoReverseMatch:
-        return None
-
-
-class DismissForm(forms.Form):
-    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), help_text="Why no replay is needed.")
-
-
-@admin.register(Failure)
-class FailureAdmin(admin.ModelAdmin):
-    """Each failure, one by one; the grouped view is the failures page (/admin/ops/failures/)."""
-
-    list_display = ("failed_at", "kind", "about", "label", "status", "task")
-    list_filter = ("status", "task_name", "error_type", "failed_at")
-    search_fields = ("=task_id", "=subject_id", "error", "label")
-    date_hierarchy = "failed_at"
-    actions = ("replay_selected", "dismiss_selected")
-    readonly_fields = [field.name for field in Failure._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # failures are recorded by the result backend
-
-    def has_delete_permission(self, request: HttpRequest, obj: Failure | None = None) -> bool:
-        return False  # they expire after FAILURE_RETENTION; dismissing is how staff close one
-
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
-        # The failures page links to one group's failures.
-        return lookup == "fingerprint" or super().lookup_allowed(lookup, value, request)
-
-    def has_run_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(runs.RUN_PERMISSION)
-
-    @admin.display(description="kind")
-    def kind(self, failure: Failure) -> str:
-        return failure.subject_label.partition(".")[2] or failure.task_name
-
-    @admin.display(description="object")
-    def about(self, failure: Failure) -> SafeString | str:
-        url = subject_url(failure.subject_label, failure.subject_id)
-        if url is None:
-            return failure.subject_id or "—"
-        return format_html('<a href="{}">{} #{}</a>', url, failure.subject_label.partition(".")[2], failure.subject_id)
-
-    @admin.display(description="task")
-    def task(self, failure: Failure) -> SafeString:
-        return task_links([failure.task_id])
-
-    @admin.action(description="Replay selected (through their domain's replay)", permissions=["run"])
-    def replay_selected(self, request: HttpRequest, queryset: QuerySet[Failure]) -> None:
-        report_replay(request, failures.replay(queryset, user=request.user))
-
-    @admin.action(description="Dismiss selected, with a note", permissions=["change"])
-    def dismiss_selected(self, request: HttpRequest, queryset: QuerySet[Failure]) -> TemplateResponse | None:
-        form = DismissForm(request.POST if "apply" in request.POST else None)
-        if form.is_valid():
-            dismissed = failures.dismiss(queryset, user=request.user, note=form.cleaned_data["note"])
-            self.message_user(request, f"Dismissed {dismissed} failure(s).", messages.SUCCESS)
-            return None
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Dismiss failures",
-            "form": form,
-            "failures": queryset,
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "opts": self.model._meta,
-        }
-        return TemplateResponse(request, "admin/ops/failure/dismiss.html", context)
-
-
-def report_replay(request: HttpRequest, outcome: failures.Replayed) -> None:
-    """Tell staff what a replay did: the failures sent again, and each one that was refused with its reason."""
-    if outcome.replayed:
-        messages.success(request, f"Replaying {len(outcome.replayed)} failure(s).")
-    for task_id, reason in outcome.refused.items():
-        messages.error(
-            request, f"Not replayed: {reason}" if task_id in reason else f"Not replayed: {task_id}: {reason}"
-        )
-
-
-@admin.register(TaskApiCall)
-class TaskApiCallAdmin(admin.ModelAdmin):
-    """The staff task API's audit: who looked at or stopped which task (read only)."""
-
-    list_display = ("at", "action", "task", "actor", "outcome")
-    list_filter = ("action", "at")
-    search_fields = ("=task_id", "actor__username")
-    readonly_fields = [field.name for field in TaskApiCall._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: TaskApiCall | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: TaskApiCall | None = None) -> bool:
-        return False
-
-    @admin.display(description="task")
-    def task(self, call: TaskApiCall) -> SafeString:
-        return task_links([call.task_id])
