@@ -30,8 +30,14 @@ EMAIL_RETRY_POLICY = {
     **EMAIL_RETRY_POLICY,
 )
 def send_notification(self: ProjectTask, notification_id: int) -> str:
-    """Send one queued email once; retry SMTP and connection errors with backoff."""
-    return self.call_service(outbox.send_notification, notification_id).value
+    """Send one queued email once; retry SMTP and connection errors with backoff.
+
+    An email that failed for good ends the task in FAILURE (EmailFailed).
+    """
+    outcome = self.call_service(outbox.send_notification, notification_id)
+    if outcome is outbox.Outcome.FAILED:
+        raise outbox.EmailFailed.of(notification_id)
+    return outcome.value
 
 
 @shared_task(

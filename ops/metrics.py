@@ -13,8 +13,9 @@ shares, and a scrape stays cheap however large the tables grow:
   unfinished rows); a test checks every query of a scrape against the planner;
 - schedules: a few index probes per enabled schedule (ops/lateness.py).
 
-Business failures (part 1 of issue 17) join `backoffice_task_failures_24h` through
-health.failures_since(), which the overview reads too.
+Business failures (a declined order, an email failed for good) end their task in
+FAILURE (OrderFailed, EmailFailed), so `backoffice_task_failures_24h` counts them
+through health.failures_since(), which the overview reads too.
 """
 
 from __future__ import annotations

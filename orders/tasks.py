@@ -23,8 +23,15 @@ from orders.services import actions, pipeline
     cancel_with="orders.services.actions.cancel_order",
 )
 def process_order(self: ProjectTask, order_id: int) -> str:
-    """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step."""
-    return self.call_service(pipeline.process_order, order_id).value
+    """Run the order pipeline (reserve, charge, ship, notify), resuming after the last finished step.
+
+    An order that failed for good ends the task in FAILURE (OrderFailed), so the
+    results admin, the failures page and the failure metrics count it.
+    """
+    outcome = self.call_service(pipeline.process_order, order_id)
+    if outcome is pipeline.Outcome.FAILED:
+        raise pipeline.OrderFailed.of(order_id)
+    return outcome.value
 
 
 @shared_task(name="orders.tasks.check_pending_orders", soft_time_limit=50, time_limit=60)

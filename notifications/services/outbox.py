@@ -18,7 +18,7 @@ from django.utils import timezone
 from core import dispatch
 from core.base_task import Attempt
 from core.db import insert_unless_exists
-from core.errors import Refused, TransientError
+from core.errors import PermanentFailure, Refused, TransientError
 from notifications import mailer, ratelimit
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
@@ -40,9 +40,18 @@ class TransientSendError(TransientError):
     """The mail server could not be reached or answered 4xx; try again later."""
 
 
+class EmailFailed(PermanentFailure):
+    """The email failed for good; the task ends in FAILURE with the reason the row keeps."""
+
+    @classmethod
+    def of(cls, notification_id: int) -> EmailFailed:
+        error = Notification.objects.filter(pk=notification_id).values_list("last_error", flat=True).first()
+        return cls(error or f"email {notification_id} failed")
+
+
 class Outcome(enum.StrEnum):
     SENT = "sent"
-    FAILED = "failed"
+    FAILED = "failed"  # the task raises EmailFailed for it
     EXPIRED = "expired"
     SKIPPED = "skipped"  # final already, or another task holds it
     MISSING = "missing"  # no such notification

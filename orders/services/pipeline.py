@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from core.base_task import Attempt
 from core.db import fetch_rows, insert_unless_exists, instance_from_row
-from core.errors import TransientError
+from core.errors import PermanentFailure, TransientError
 from orders import sql
 from orders.models import Order, OrderEvent, OrderLine, Payment, Product
 from orders.providers import PermanentProviderError, TransientProviderError, carrier, payment_gateway
@@ -42,9 +42,18 @@ class TransientOrderError(TransientError):
     """A step failed in a way that may go away (timeout, network); the task retries."""
 
 
+class OrderFailed(PermanentFailure):
+    """The order failed for good and was compensated; the task ends in FAILURE with the order's reason."""
+
+    @classmethod
+    def of(cls, order_id: int) -> OrderFailed:
+        reason = Order.objects.filter(pk=order_id).values_list("failure_reason", flat=True).first()
+        return cls(reason or f"order {order_id} failed")
+
+
 class Outcome(enum.StrEnum):
     COMPLETED = "completed"
-    FAILED = "failed"
+    FAILED = "failed"  # the task raises OrderFailed for it
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # final already, or another task holds a live lease
     STOPPED = "stopped"  # the lease was lost mid-way; its new holder carries on

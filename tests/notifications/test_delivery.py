@@ -15,6 +15,7 @@ from django_celery_results.models import TaskResult
 from config import celery_app
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services import campaigns
+from ops.models import Failure
 from orders.models import Order
 from tests.factories import StaffFactory, UserFactory
 from tests.notifications.helpers import make_customers, transactional
@@ -91,6 +92,11 @@ def test_smtp_down_retries_then_fails_with_a_reason_and_a_resend_works_once_it_i
     assert notification.status == "failed"
     assert "ConnectionRefused" in notification.last_error
     assert notification.attempts == 3
+    # A failure for good, where staff look for failures: the task's result and the failures page.
+    failure = wait_for(lambda: Failure.objects.filter(subject_id=str(notification.pk)).first(), 30)
+    assert (failure.task_name, failure.error_type) == ("notifications.tasks.send_notification", "EmailFailed")
+    assert failure.error == notification.last_error
+    assert TaskResult.objects.get(task_id=failure.task_id).status == "FAILURE"
 
     with SmtpServer(port=port) as server:
         admin = Client()

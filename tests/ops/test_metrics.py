@@ -20,6 +20,7 @@ from ops import result_counts
 from ops.models import RecentAnswer, TaskResultTally
 from orders.models import Order
 from tests.orders.helpers import place, product
+from tests.support.metrics import scrape
 
 pytestmark = pytest.mark.django_db
 
@@ -37,16 +38,6 @@ GROWING_TABLES = {"django_celery_results_taskresult", "orders_order", "orders_or
 def recent_census() -> None:
     """A fresh answer of the workers (none online), so these tests do not wait for a broadcast."""
     RecentAnswer.objects.create(key="workers", answer={"workers": {}, "error": None}, asked_at=timezone.now())
-
-
-def scrape(client) -> dict[str, dict[tuple, float]]:
-    """{metric name: {sorted label items: value}} from a /metrics answer."""
-    text = client.get("/metrics").content.decode()
-    found: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
 
 
 def result(task: str, status: str, done: datetime) -> None:

@@ -9,9 +9,10 @@ from django.db import transaction
 from django_celery_results.models import TaskResult
 
 from ops import runs
-from ops.models import TaskRun
+from ops.models import Failure, TaskRun
 from ops.publish import recorded_arguments
 from tests.orders.helpers import fault, ledger, place, product
+from tests.support.metrics import scrape
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -55,14 +56,26 @@ def test_retrying_an_orders_result_replays_the_order_through_its_service(
     with transaction.atomic():
         order = place(customer, (product(stock=5), 1))
         fault(order, "charge", "decline")
-    # The order is failed before the worker stores the task's result; wait for the result itself.
+    # A declined order is a failure for good: the task ends in FAILURE with the order's reason,
+    # so the results admin, the failures page and the metrics count it.
     first = wait_for(
-        lambda: TaskResult.objects.filter(task_name="orders.tasks.process_order", status="SUCCESS").first(),
+        lambda: TaskResult.objects.filter(task_name="orders.tasks.process_order", status="FAILURE").first(),
         30,
         message="the declined order's result",
     )
-    assert order.__class__.objects.get(pk=order.pk).status == "failed"
-    assert json.loads(first.result) == "failed"
+    order.refresh_from_db()
+    assert order.status == "failed"
+    assert json.loads(first.result)["exc_type"] == "OrderFailed"
+    assert json.loads(first.result)["exc_message"] == [order.failure_reason]
+    failure = Failure.objects.get(task_id=first.task_id)
+    assert (failure.error_type, failure.subject_id, failure.error) == (
+        "OrderFailed",
+        str(order.pk),
+        order.failure_reason,
+    )
+    assert failure.label.startswith("Payment declined")
+    metric = scrape(admin_client)["backoffice_task_failures_24h"]
+    assert metric[(("task", "orders.tasks.process_order"),)] == 1
 
     admin_client.post(
         "/admin/django_celery_results/taskresult/", {"action": "retry_selected", "_selected_action": [first.pk]}
