@@ -39,6 +39,10 @@ class PaymentGateway(Protocol):
         self, *, charge_reference: str, amount: Decimal, idempotency_key: str, reference: str
     ) -> ProviderResult: ...
 
+    def find_charge(self, *, idempotency_key: str) -> ProviderResult | None:
+        """The successful charge made under this key, or None: how a charge left unknown by a crash is reconciled."""
+        ...
+
 
 class Carrier(Protocol):
     def book_shipment(self, *, idempotency_key: str, reference: str, parcels: int) -> ProviderResult: ...

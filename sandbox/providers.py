@@ -41,11 +41,15 @@ def _take_fault(reference: str, operation: str) -> str | None:
     return fault.fault if used else None
 
 
-def _simulate_call(reference: str, operation: str, *, random_faults: bool) -> str | None:
-    """Wait like a network call, then raise a scripted or random failure. Returns a fault to apply after."""
+def _wait_like_a_network_call() -> None:
     latency = settings.PAYMENT_SANDBOX_LATENCY_MS
     if latency:
         time.sleep(latency / 1000)
+
+
+def _simulate_call(reference: str, operation: str, *, random_faults: bool) -> str | None:
+    """Wait like a network call, then raise a scripted or random failure. Returns a fault to apply after."""
+    _wait_like_a_network_call()
     fault = _take_fault(reference, operation)
     if fault is None and random_faults:
         roll = random.random()  # noqa: S311 - simulated failures, not security
@@ -66,6 +70,14 @@ def _crash_if(fault: str | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _earlier(kind: str, idempotency_key: str, amount: Decimal) -> SandboxLedgerEntry | None:
+    """The entry a request with this key already made, checked against this request; None for a new key."""
+    entry = SandboxLedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
+    if entry is not None and (entry.kind != kind or entry.amount != amount):
+        raise PermanentProviderError(f"idempotency key {idempotency_key} was used for a different request")
+    return entry
+
+
 def _record(kind: str, idempotency_key: str, reference: str, amount: Decimal, **extra: object) -> SandboxLedgerEntry:
     """Write a ledger entry once per idempotency key; a repeat returns the first entry."""
     entry = SandboxLedgerEntry(kind=kind, idempotency_key=idempotency_key, reference=reference, amount=amount, **extra)
@@ -81,13 +93,22 @@ def _record(kind: str, idempotency_key: str, reference: str, amount: Decimal, **
 class SandboxGateway:
     """The sandbox payment gateway (see the module docstring)."""
 
+    # A repeated key is answered with the first result before any failure is drawn,
+    # as a real gateway answers it: a retry after a crash that followed a
+    # successful charge must learn of that charge, never meet a decline.
     def charge(self, *, amount: Decimal, idempotency_key: str, reference: str) -> ProviderResult:
+        if (earlier := _earlier(SandboxLedgerEntry.Kind.CHARGE, idempotency_key, amount)) is not None:
+            _wait_like_a_network_call()
+            return ProviderResult(reference=earlier.provider_reference)
         after = _simulate_call(reference, "charge", random_faults=True)
         entry = _record(SandboxLedgerEntry.Kind.CHARGE, idempotency_key, reference, amount)
         _crash_if(after)
         return ProviderResult(reference=entry.provider_reference)
 
     def refund(self, *, charge_reference: str, amount: Decimal, idempotency_key: str, reference: str) -> ProviderResult:
+        if (earlier := _earlier(SandboxLedgerEntry.Kind.REFUND, idempotency_key, amount)) is not None:
+            _wait_like_a_network_call()
+            return ProviderResult(reference=earlier.provider_reference)
         after = _simulate_call(reference, "refund", random_faults=False)
         try:
             charge = SandboxLedgerEntry.objects.get(pk=int(charge_reference.rsplit("_", 1)[-1]), kind="charge")
@@ -96,6 +117,14 @@ class SandboxGateway:
         entry = _record(SandboxLedgerEntry.Kind.REFUND, idempotency_key, reference, amount, charge=charge)
         _crash_if(after)
         return ProviderResult(reference=entry.provider_reference)
+
+    def find_charge(self, *, idempotency_key: str) -> ProviderResult | None:
+        """The charge made under this key, or None if the gateway never charged it."""
+        _wait_like_a_network_call()
+        entry = SandboxLedgerEntry.objects.filter(
+            idempotency_key=idempotency_key, kind=SandboxLedgerEntry.Kind.CHARGE
+        ).first()
+        return None if entry is None else ProviderResult(reference=entry.provider_reference)
 
 
 class SandboxCarrier:

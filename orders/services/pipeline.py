@@ -274,12 +274,37 @@ def charge(order: Order, task_id: str) -> None:
     try:
         result = payment_gateway().charge(amount=payment.amount, idempotency_key=key, reference=f"order:{order.pk}")
     except PermanentProviderError as exc:
+        # A gateway that forgot an earlier attempt's charge may decline its retry:
+        # ask it by key before believing the decline.
+        if (earlier := payment_gateway().find_charge(idempotency_key=key)) is not None:
+            logger.warning("order %s: charge %s declined on retry but found charged; kept", order.pk, key)
+            record_charge(order, payment, task_id, earlier.reference)
+            return
         _record_payment(payment, Payment.Status.FAILED, task_id, error=str(exc))
         raise _Fail(f"Payment declined: {exc}") from exc
     except TransientProviderError as exc:
         _record_payment(payment, Payment.Status.PENDING, task_id, error=str(exc))
         raise
     record_charge(order, payment, task_id, result.reference)
+
+
+def reconcile_charge(order: Order, task_id: str) -> Payment | None:
+    """The order's charge, with an intent left pending (by a crash or a timeout) settled by asking the gateway.
+
+    Called before an order fails: a pending intent may hide a charge that went
+    through, which must then be refunded, not forgotten. Raises
+    TransientProviderError when the gateway cannot say yet (the caller retries).
+    """
+    payment = order.payments.filter(idempotency_key=charge_key(order)).first()
+    if payment is None or payment.status != Payment.Status.PENDING:
+        return payment
+    found = payment_gateway().find_charge(idempotency_key=payment.idempotency_key)
+    if found is None:
+        _record_payment(payment, Payment.Status.FAILED, task_id, error="The gateway has no charge under this key.")
+    else:
+        logger.warning("order %s: pending charge %s was charged; recorded", order.pk, payment.idempotency_key)
+        _record_payment(payment, Payment.Status.SUCCEEDED, task_id, reference=found.reference)
+    return payment
 
 
 def open_charge(order: Order, task_id: str, key: str) -> Payment:
@@ -362,8 +387,8 @@ def _compensate_and_fail(order: Order, lines: list[OrderLine], task_id: str, rea
             locked.failure_reason = reason
             locked.save(update_fields=["failure_reason", "updated_at"])
         order.failure_reason = reason = locked.failure_reason
-    charge = order.payments.filter(idempotency_key=charge_key(order), status=Payment.Status.SUCCEEDED).first()
-    if charge is not None:
+    charge = reconcile_charge(order, task_id)
+    if charge is not None and charge.status == Payment.Status.SUCCEEDED:
         reason = _refund(order, charge, task_id, reason)
     with transaction.atomic():
         locked = _lock_for_step(order, task_id)
