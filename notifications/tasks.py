@@ -71,7 +71,12 @@ def send_campaign_chunk(self: ProjectTask, campaign_id: int, first_id: int, last
         last_id,
         progress=lambda meta: self.update_state(state="PROGRESS", meta=meta),
     )
-    return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
+    return {
+        "sent": result.sent,
+        "failed": result.failed,
+        "throttled_for": result.throttled_for,
+        "stopped_at_soft_limit": result.stopped,
+    }
 
 
 @shared_task(name="notifications.tasks.send_weekly_digest", soft_time_limit=600, time_limit=660)
@@ -90,7 +95,12 @@ def send_weekly_digest() -> int:
 def send_digest_chunk(self: ProjectTask, first_id: int, last_id: int) -> dict:
     """Send one chunk of digest messages over one SMTP connection."""
     result = self.call_service(bulk.send_digest_chunk, first_id, last_id)
-    return {"sent": result.sent, "failed": result.failed, "throttled_for": result.throttled_for}
+    return {
+        "sent": result.sent,
+        "failed": result.failed,
+        "throttled_for": result.throttled_for,
+        "stopped_at_soft_limit": result.stopped,
+    }
 
 
 @shared_task(name="notifications.tasks.requeue_stale_notifications", soft_time_limit=50, time_limit=60)

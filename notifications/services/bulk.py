@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from core import dispatch
 from core.base_task import Attempt
+from core.time_limits import SoftTimeLimitExceeded, soft_limit_deferred
 from notifications import ratelimit
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
@@ -27,6 +28,7 @@ from notifications.services.outbox import (
     finish,
     hold_for_retry,
     rate_limit,
+    release,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,12 @@ class ChunkResult:
     sent: int
     failed: int
     throttled_for: float = 0.0  # > 0: the chunk stopped for the rate limit and was re-scheduled
+    stopped: bool = False  # the soft time limit came: what was sent is recorded, the rest is queued again
+
+    @property
+    def unfinished(self) -> bool:
+        """The chunk has rows left that the caller sends again as a new task."""
+        return self.stopped or self.throttled_for > 0
 
 
 def deliver_range(
@@ -65,14 +73,19 @@ def deliver_range(
     """Send the queued bulk rows with ids in [first_id, last_id] over one SMTP connection, in batches.
 
     Returns when the range is done, or early when the rate limit is spent (the
-    caller re-schedules the chunk for `throttled_for` seconds later) or the
+    caller re-schedules the chunk for `throttled_for` seconds later), at the soft
+    time limit (`stopped`: the caller sends the chunk again at once) or when the
     campaign was cancelled. Raises TransientSendError when the server is unreachable.
+
+    Each email is recorded as soon as the server took it, so a worker killed
+    mid-chunk leaves only the email in flight to the sweep, and the soft time
+    limit waits for that record (core.time_limits).
     """
     rows = Notification.objects.filter(pk__gte=first_id, pk__lte=last_id, kind=kind)
     if campaign_id is not None:
         rows = rows.filter(campaign_id=campaign_id)
     limit = rate_limit()
-    sent = failed = 0
+    done = _Counts()
     connection = get_connection()
     try:
         while True:
@@ -85,17 +98,28 @@ def deliver_range(
             if limit is not None:
                 grant = ratelimit.take("email", wanted, limit, reserve=limit.bulk_reserve)
                 if not grant.granted:
-                    return ChunkResult(sent, failed, throttled_for=grant.wait)
+                    return ChunkResult(done.sent, done.failed, throttled_for=grant.wait)
                 wanted = grant.granted
             batch = _claim_batch(rows, wanted, attempt.task_id)
             if not batch:
                 break
-            batch_sent, batch_failed = _send_batch(connection, batch, attempt, campaign_id)
-            sent, failed = sent + batch_sent, failed + batch_failed
-            progress(sent, failed)
+            _send_batch(connection, batch, attempt, campaign_id, done)
+            progress(done.sent, done.failed)
+    except SoftTimeLimitExceeded:
+        claimed = rows.filter(lease_owner=attempt.task_id).values_list("pk", flat=True)
+        released = release(list(claimed), attempt.task_id)
+        logger.warning(
+            "chunk %s-%s (task %s) stopped at its soft time limit after %s sent; %s claimed rows queued again",
+            first_id,
+            last_id,
+            attempt.task_id,
+            done.sent,
+            released,
+        )
+        return ChunkResult(done.sent, done.failed, stopped=True)
     finally:
         connection.close()
-    return ChunkResult(sent, failed)
+    return ChunkResult(done.sent, done.failed)
 
 
 def _claim_batch(rows: QuerySet[Notification], size: int, task_id: str) -> list[Notification]:
@@ -112,50 +136,63 @@ def _claim_batch(rows: QuerySet[Notification], size: int, task_id: str) -> list[
     return list(Notification.objects.filter(pk__in=ids, lease_owner=task_id).order_by("pk"))
 
 
+class _Counts:
+    """What a chunk has recorded so far; still right when a soft time limit stops it mid-batch."""
+
+    def __init__(self) -> None:
+        self.sent = self.failed = 0
+
+
 def _send_batch(
-    connection: BaseEmailBackend, batch: list[Notification], attempt: Attempt, campaign_id: int | None
-) -> tuple[int, int]:
-    sent_ids: list[int] = []
-    failed: dict[int, str] = {}
+    connection: BaseEmailBackend, batch: list[Notification], attempt: Attempt, campaign_id: int | None, counts: _Counts
+) -> None:
     now = timezone.now()
-    try:
-        for position, notification in enumerate(batch):
-            if notification.expires_at and notification.expires_at <= now:
-                expire_if_late(notification)
-                continue
+    for position, notification in enumerate(batch):
+        if notification.expires_at and notification.expires_at <= now:
+            expire_if_late(notification)
+            continue
+        # The send and its record are one step for the soft time limit: it lands
+        # after the record, never between (and never in the SMTP error handling).
+        with soft_limit_deferred():
             try:
                 # Open once and keep it open: a backend that is not open yet opens
                 # and closes a connection inside every send_messages() call.
                 connection.open()
                 connection.send_messages([build_message(notification, connection)])
             except Exception as exc:  # classified below
-                if is_transient(exc):
-                    if attempt.is_last or notification.attempts >= settings.EMAIL_MAX_RETRIES + 1:
-                        failed[notification.pk] = describe_smtp_error(exc)
-                        continue
-                    # The server went away: keep what went out, hold the rest for the retry.
-                    remaining = [n.pk for n in batch[position:] if n.pk not in failed]
-                    hold_for_retry(remaining, attempt.task_id, attempt.retry_in, describe_smtp_error(exc))
-                    raise TransientSendError(describe_smtp_error(exc)) from exc
-                failed[notification.pk] = describe_smtp_error(exc)
+                error = describe_smtp_error(exc)
+                if is_transient(exc) and not (
+                    attempt.is_last or notification.attempts >= settings.EMAIL_MAX_RETRIES + 1
+                ):
+                    # The server went away: what went out is recorded, hold the rest for the retry.
+                    hold_for_retry([n.pk for n in batch[position:]], attempt.task_id, attempt.retry_in, error)
+                    raise TransientSendError(error) from exc
+                _record(notification.pk, attempt.task_id, campaign_id, error=error)
+                counts.failed += 1
             else:
-                sent_ids.append(notification.pk)
-    finally:
-        _record_batch(sent_ids, failed, attempt.task_id, campaign_id)
-    return len(sent_ids), len(failed)
+                _record(notification.pk, attempt.task_id, campaign_id)
+                counts.sent += 1
 
 
-def _record_batch(sent_ids: list[int], failed: dict[int, str], task_id: str, campaign_id: int | None) -> None:
-    """Mark rows sent/failed and move the campaign's counts in one transaction, so counts always match rows."""
+def _record(pk: int, task_id: str, campaign_id: int | None, *, error: str = "") -> None:
+    """Mark one row sent (or failed) and move its campaign's count in the same commit, so counts match rows.
+
+    One commit per email, right after the server took it: a batch recorded at
+    its end lost the record of every email sent before a crash in it, and the
+    sweep sent them again. The commit does not wait for the disk
+    (synchronous_commit off, PostgreSQL only): a worker that dies after it
+    cannot lose it; only a database crash in the next fraction of a second
+    can, and its cost is the duplicate that every email risked before.
+    """
     with transaction.atomic():
-        if sent_ids:
-            finish(sent_ids, task_id, Status.SENT)
-        for pk, error in failed.items():
-            finish([pk], task_id, Status.FAILED, error=error)
-        if campaign_id is not None and (sent_ids or failed):
-            Campaign.objects.filter(pk=campaign_id).update(
-                sent=F("sent") + len(sent_ids), failed=F("failed") + len(failed)
-            )
+        database = transaction.get_connection()
+        if database.vendor == "postgresql":
+            with database.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        finish([pk], task_id, Status.FAILED if error else Status.SENT, error=error)
+        if campaign_id is not None:
+            counted = {"failed": F("failed") + 1} if error else {"sent": F("sent") + 1}
+            Campaign.objects.filter(pk=campaign_id).update(**counted)
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -173,6 +210,6 @@ def id_ranges(rows: QuerySet[Notification], size: int = CHUNK_SIZE) -> Iterator[
 def send_digest_chunk(first_id: int, last_id: int, *, attempt: Attempt) -> ChunkResult:
     """Send one chunk of digest messages; re-schedule it when the rate limit is spent."""
     result = deliver_range(first_id, last_id, kind=Kind.DIGEST, attempt=attempt)
-    if result.throttled_for:
+    if result.unfinished:
         dispatch.send("notifications.tasks.send_digest_chunk", [first_id, last_id], countdown=result.throttled_for)
     return result

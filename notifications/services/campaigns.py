@@ -20,6 +20,7 @@ from core import dispatch
 from core.base_task import Attempt
 from core.dates import start_of_day
 from core.errors import Refused
+from core.time_limits import SoftTimeLimitExceeded
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services.bulk import ChunkResult, batched, deliver_range, id_ranges
 from notifications.services.preferences import marketing_headers, unsubscribe_url
@@ -108,6 +109,16 @@ def launch_campaign(campaign_id: int, *, task_id: str) -> int:
     Campaign.objects.filter(pk=campaign_id).update(task_id=task_id)
     try:
         return _launch(campaign)
+    except SoftTimeLimitExceeded:
+        # Not a failure: the rows written so far stay (and their chunks are out),
+        # and a new launch writes the rest, skipping what exists.
+        relaunch = str(uuid.uuid4())
+        if dispatch.send("notifications.tasks.launch_campaign", [campaign_id], task_id=relaunch):
+            Campaign.objects.filter(pk=campaign_id, task_id=task_id).update(task_id=relaunch)
+        else:  # the stale sweep re-sends the launch of a campaign with no launch task
+            Campaign.objects.filter(pk=campaign_id, task_id=task_id).update(task_id="")
+        logger.warning("campaign %s: launch task %s stopped at its soft time limit; re-sent", campaign_id, task_id)
+        return 0
     except Exception as exc:
         Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
             status=Campaign.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
@@ -190,7 +201,7 @@ def send_campaign_chunk(
     result = deliver_range(
         first_id, last_id, kind=Kind.CAMPAIGN, attempt=attempt, campaign_id=campaign_id, progress=report
     )
-    if result.throttled_for:
+    if result.unfinished:  # the rest of the chunk goes to a new task (a broker outage leaves it to the sweep)
         dispatch.send(
             "notifications.tasks.send_campaign_chunk", [campaign_id, first_id, last_id], countdown=result.throttled_for
         )

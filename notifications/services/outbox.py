@@ -19,6 +19,7 @@ from core import dispatch
 from core.base_task import Attempt
 from core.db import insert_unless_exists
 from core.errors import PermanentFailure, Refused, TransientError
+from core.time_limits import SoftTimeLimitExceeded, soft_limit_deferred
 from notifications import mailer, ratelimit
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
@@ -56,6 +57,7 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"  # final already, or another task holds it
     MISSING = "missing"  # no such notification
     THROTTLED = "throttled"  # the rate limit is spent; re-scheduled
+    STOPPED = "stopped"  # the soft time limit came before the send; re-sent as a new task
 
 
 def queue_email(
@@ -176,7 +178,35 @@ def send_later(
 
 
 def send_notification(notification_id: int, *, attempt: Attempt) -> Outcome:
-    """Send one queued email, once. Raises TransientSendError when the caller should retry."""
+    """Send one queued email, once. Raises TransientSendError when the caller should retry.
+
+    At the soft time limit it stops cleanly: an email that went out is recorded
+    as sent (core.time_limits holds the limit off through the send and its
+    record), and one that did not is put back and sent again by a new task.
+    """
+    try:
+        return _send_notification(notification_id, attempt)
+    except SoftTimeLimitExceeded:
+        return _stop_at_soft_limit(notification_id, attempt.task_id)
+
+
+def _stop_at_soft_limit(notification_id: int, task_id: str) -> Outcome:
+    release([notification_id], task_id)
+    notification = Notification.objects.filter(pk=notification_id).first()
+    if notification is None:
+        return Outcome.MISSING
+    if notification.status in (Status.SENT, Status.FAILED, Status.EXPIRED):
+        logger.info(
+            "notification %s: soft time limit after it was %s (task %s)", notification_id, notification.status, task_id
+        )
+        return Outcome(notification.status)
+    if notification.status == Status.QUEUED:
+        send_later(notification_id, notification.expires_at)
+    logger.warning("notification %s: task %s stopped at its soft time limit; re-sent", notification_id, task_id)
+    return Outcome.STOPPED
+
+
+def _send_notification(notification_id: int, attempt: Attempt) -> Outcome:
     task_id = attempt.task_id
     notification = Notification.objects.filter(pk=notification_id).first()
     if notification is None:
@@ -197,17 +227,20 @@ def send_notification(notification_id: int, *, attempt: Attempt) -> Outcome:
         return Outcome.SKIPPED
     # No re-read after the claim: it changes only status and lease fields, and
     # the message's content (what build_message reads) never changes.
-    try:
-        mailer.send(build_message(notification))
-    except Exception as exc:  # classified just below; anything unknown is a permanent failure
-        error = describe_smtp_error(exc)
-        if is_transient(exc) and not attempt.is_last:
-            hold_for_retry([notification.pk], task_id, attempt.retry_in, error)
-            raise TransientSendError(error) from exc
-        finish([notification.pk], task_id, Status.FAILED, error=error)
-        logger.error("notification %s failed (task %s): %s", notification_id, task_id, error)
-        return Outcome.FAILED
-    finish([notification.pk], task_id, Status.SENT)
+    # The send and its record are one step for the soft time limit: no
+    # SoftTimeLimitExceeded can land in between (or be taken for an SMTP error below).
+    with soft_limit_deferred():
+        try:
+            mailer.send(build_message(notification))
+        except Exception as exc:  # classified just below; anything unknown is a permanent failure
+            error = describe_smtp_error(exc)
+            if is_transient(exc) and not attempt.is_last:
+                hold_for_retry([notification.pk], task_id, attempt.retry_in, error)
+                raise TransientSendError(error) from exc
+            finish([notification.pk], task_id, Status.FAILED, error=error)
+            logger.error("notification %s failed (task %s): %s", notification_id, task_id, error)
+            return Outcome.FAILED
+        finish([notification.pk], task_id, Status.SENT)
     # The id, not the address: INFO logs are read widely, and the row says where it went.
     logger.info("notification %s sent (task %s)", notification_id, task_id)
     return Outcome.SENT
@@ -254,6 +287,20 @@ def finish(ids: list[int], task_id: str, status: str, *, error: str = "") -> Non
     sent_at = now if status == Status.SENT else None
     Notification.objects.filter(pk__in=ids, lease_owner=task_id, status=Status.SENDING).update(
         **final(status, sent_at=sent_at, last_error=error, lease_owner="", lease_expires_at=None, updated_at=now)
+    )
+
+
+def release(ids: list[int], task_id: str) -> int:
+    """Put rows this task claimed but never tried back to queued and free, for any task to take; how many.
+
+    The claim's attempt is taken back too: stopping at a time limit is not a try.
+    """
+    return Notification.objects.filter(pk__in=ids, lease_owner=task_id, status=Status.SENDING).update(
+        status=Status.QUEUED,
+        lease_owner="",
+        lease_expires_at=None,
+        attempts=F("attempts") - 1,
+        updated_at=timezone.now(),
     )
 
 
