@@ -88,7 +88,7 @@ class CampaignAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "audience", "total", "sent", "failed", "progress_bar", "created_at")
     list_filter = ("status", "audience")
     search_fields = ("name", "subject")
-    actions = ("start_selected", "cancel_selected")
+    actions = ("start_selected", "resume_selected", "cancel_selected")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> tuple[str, ...]:
         counts = (
@@ -126,6 +126,7 @@ class CampaignAdmin(admin.ModelAdmin):
         return [
             path("<int:campaign_id>/start/", wrap(self.start_view), name="notifications_campaign_start"),
             path("<int:campaign_id>/cancel/", wrap(self.cancel_view), name="notifications_campaign_cancel"),
+            path("<int:campaign_id>/resume/", wrap(self.resume_view), name="notifications_campaign_resume"),
             *super().get_urls(),
         ]
 
@@ -137,6 +138,9 @@ class CampaignAdmin(admin.ModelAdmin):
             if operation == "start":
                 campaigns.start_campaign(campaign.pk, actor_id=request.user.pk)
                 self.message_user(request, f"Campaign “{campaign}” is being sent.", messages.SUCCESS)
+            elif operation == "resume":
+                campaigns.resume_campaign(campaign.pk, actor_id=request.user.pk)
+                self.message_user(request, f"Campaign “{campaign}” is being sent again.", messages.SUCCESS)
             else:
                 campaigns.cancel_campaign(campaign.pk)
                 self.message_user(request, f"Campaign “{campaign}” is cancelled.", messages.SUCCESS)
@@ -154,12 +158,26 @@ class CampaignAdmin(admin.ModelAdmin):
             return HttpResponse(status=405)
         return self._run(request, campaign_id, "cancel")
 
+    def resume_view(self, request: HttpRequest, campaign_id: int) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        return self._run(request, campaign_id, "resume")
+
     @admin.action(description="Start selected campaigns", permissions=["change"])
     def start_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
         for campaign in queryset:
             try:
                 campaigns.start_campaign(campaign.pk, actor_id=request.user.pk)
                 self.message_user(request, f"“{campaign}” is being sent.", messages.SUCCESS)
+            except campaigns.CampaignError as exc:
+                self.message_user(request, f"“{campaign}”: {exc}", messages.ERROR)
+
+    @admin.action(description="Resume selected failed campaigns", permissions=["change"])
+    def resume_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        for campaign in queryset:
+            try:
+                campaigns.resume_campaign(campaign.pk, actor_id=request.user.pk)
+                self.message_user(request, f"“{campaign}” is being sent again.", messages.SUCCESS)
             except campaigns.CampaignError as exc:
                 self.message_user(request, f"“{campaign}”: {exc}", messages.ERROR)
 

@@ -35,6 +35,9 @@ Kind = Notification.Kind
 # Rows written per INSERT when materialising an audience.
 MATERIALISE_BATCH_SIZE = 2000
 
+# The last_error of the rows a failed launch cancelled: resume_campaign queues exactly these again.
+LAUNCH_FAILED_NOTE = "Cancelled because the campaign's launch failed; resuming the campaign sends it."
+
 
 class CampaignError(Refused):
     """A campaign cannot do what was asked; the message says why."""
@@ -120,9 +123,14 @@ def launch_campaign(campaign_id: int, *, task_id: str) -> int:
         logger.warning("campaign %s: launch task %s stopped at its soft time limit; re-sent", campaign_id, task_id)
         return 0
     except Exception as exc:
-        Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
-            status=Campaign.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
+        with transaction.atomic():
+            failed = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
+                status=Campaign.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
+            )
+            if failed:
+                # Chunks already out stop at the campaign's status; without this
+                # their rows stayed queued and the stale sweep re-sent them for ever.
+                cancel_rows_of_failed(campaign_id)
         raise
 
 
@@ -223,11 +231,67 @@ def finish_campaign_if_done(campaign_id: int) -> bool:
     return bool(done)
 
 
-def cancel_campaign(campaign_id: int) -> Campaign:
-    """Stop a campaign: its queued rows are cancelled at once; rows being sent right now finish and are counted."""
+def cancel_rows_of_failed(campaign_id: int) -> int:
+    """Cancel the queued rows of a failed campaign, marked so that resume_campaign can queue them again."""
+    return Notification.objects.filter(campaign_id=campaign_id, status=Status.QUEUED).update(
+        status=Status.CANCELLED,
+        last_error=LAUNCH_FAILED_NOTE,
+        lease_owner="",
+        lease_expires_at=None,
+        updated_at=timezone.now(),
+    )
+
+
+def cancel_rows_of_stopped_campaigns() -> int:
+    """Cancel rows left queued by campaigns that failed or were cancelled (the stale sweep's guard); how many."""
+    cancelled = 0
+    stopped = Campaign.objects.filter(status__in=[Campaign.Status.FAILED, Campaign.Status.CANCELLED])
+    left = Notification.objects.filter(status=Status.QUEUED, kind=Kind.CAMPAIGN, campaign__in=stopped)
+    for campaign_id, status in stopped.filter(Exists(left.filter(campaign=OuterRef("pk")))).values_list("pk", "status"):
+        with transaction.atomic():
+            if status == Campaign.Status.FAILED:
+                cancelled += cancel_rows_of_failed(campaign_id)
+            else:
+                cancelled += Notification.objects.filter(campaign_id=campaign_id, status=Status.QUEUED).update(
+                    status=Status.CANCELLED, updated_at=timezone.now()
+                )
+    if cancelled:
+        logger.warning("stale sweep cancelled %s rows of campaigns that are no longer sending", cancelled)
+    return cancelled
+
+
+def resume_campaign(campaign_id: int, *, actor_id: int | None = None) -> Campaign:
+    """Send a failed campaign again: the rows its failure cancelled are queued again and a new launch writes the rest.
+
+    Rows already sent or failed stay as they are, and so do their counts.
+    """
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
-        if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SENDING):
+        if campaign.status != Campaign.Status.FAILED:
+            raise CampaignError(
+                f"Only a failed campaign can be resumed; this one is {campaign.get_status_display().lower()}."
+            )
+        requeued = Notification.objects.filter(
+            campaign=campaign, status=Status.CANCELLED, last_error=LAUNCH_FAILED_NOTE
+        ).update(status=Status.QUEUED, last_error="", requeued_at=None, updated_at=timezone.now())
+        campaign.status = Campaign.Status.SENDING
+        campaign.error = ""
+        campaign.finished_at = campaign.launched_at = None
+        campaign.task_id = ""  # no launch under way: the stale sweep re-sends one if this one is lost
+        campaign.save(update_fields=["status", "error", "finished_at", "launched_at", "task_id"])
+        dispatch.send_on_commit("notifications.tasks.launch_campaign", [campaign.pk])
+    logger.info("campaign %s resumed by user %s; %s rows queued again", campaign_id, actor_id, requeued)
+    return campaign
+
+
+def cancel_campaign(campaign_id: int) -> Campaign:
+    """Stop a campaign: its queued rows are cancelled at once; rows being sent right now finish and are counted.
+
+    A failed campaign can be cancelled too, to say it will not be resumed.
+    """
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
+        if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SENDING, Campaign.Status.FAILED):
             raise CampaignError(f"The campaign is already {campaign.get_status_display().lower()}.")
         Notification.objects.filter(campaign=campaign, status=Status.QUEUED).update(
             status=Status.CANCELLED, updated_at=timezone.now()

@@ -34,6 +34,8 @@ def requeue_stale_notifications() -> int:
     """
     now = timezone.now()
     relaunched = campaigns.relaunch_stalled(now)
+    # Rows of a campaign that stopped sending are never sent: cancelled here, not re-sent every time.
+    campaigns.cancel_rows_of_stopped_campaigns()
     # Late rows are expired here: their task would be dropped by the broker (Celery expires) unrun.
     expired = Notification.objects.filter(claimable(now), expires_at__lte=now).update(
         **final(Status.EXPIRED, last_error="Expired before it could be sent.", updated_at=now)

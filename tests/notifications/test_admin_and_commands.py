@@ -115,3 +115,43 @@ def test_send_test_email_goes_through_a_worker_to_the_mail_server(start_worker_p
     assert "Sent at" in out.getvalue()
     [message] = smtp_server.inbox.to("ops@example.com")
     assert message["Subject"] == "Test email from the shop back office"
+
+
+def test_staff_resume_or_cancel_a_failed_campaign_from_its_page(
+    admin_client, django_capture_on_commit_callbacks
+) -> None:
+    UserFactory()
+    failed = Campaign.objects.create(name="Spring", subject="Hi", body="Hello", status="failed", error="boom")
+    page = admin_client.get(f"/admin/notifications/campaign/{failed.pk}/change/").content.decode()
+    assert "Resume sending" in page and "Cancel campaign" in page
+    assert admin_client.get(f"/admin/notifications/campaign/{failed.pk}/resume/").status_code == 405
+
+    with django_capture_on_commit_callbacks() as sent:
+        response = admin_client.post(f"/admin/notifications/campaign/{failed.pk}/resume/", follow=True)
+    assert "is being sent again" in response.content.decode()
+    failed.refresh_from_db()
+    assert failed.status == "sending" and len(sent) == 1
+
+    again = admin_client.post(f"/admin/notifications/campaign/{failed.pk}/resume/", follow=True)
+    assert "Only a failed campaign can be resumed; this one is sending." in again.content.decode()
+
+    other = Campaign.objects.create(name="Summer", subject="Hi", body="Hello", status="failed", error="boom")
+    response = admin_client.post(
+        "/admin/notifications/campaign/", {"action": "cancel_selected", "_selected_action": [other.pk]}, follow=True
+    )
+    assert "is cancelled" in response.content.decode()
+    other.refresh_from_db()
+    assert other.status == "cancelled"
+
+
+def test_resuming_a_campaign_needs_the_right_to_change_campaigns(client) -> None:
+    from django.contrib.auth.models import Permission
+
+    failed = Campaign.objects.create(name="Spring", subject="Hi", body="Hello", status="failed", error="boom")
+    viewer = UserFactory(is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_campaign"))
+    client.force_login(viewer)
+
+    assert client.post(f"/admin/notifications/campaign/{failed.pk}/resume/").status_code == 403
+    failed.refresh_from_db()
+    assert failed.status == "failed"

@@ -388,3 +388,89 @@ def test_the_sweep_relaunches_a_campaign_whose_launch_message_never_arrived(brok
     assert campaigns.launch_campaign(stalled.pk, task_id="the-original-launch") == 0
     assert Notification.objects.filter(campaign=stalled).count() == 2
     assert messages_in(broker, "low_priority") == []
+
+
+def a_campaign_whose_launch_failed_after_writing_three_rows(monkeypatch) -> Campaign:
+    """7 customers, rows written 3 at a time; the 5th customer's row cannot be rendered, so the launch fails."""
+    monkeypatch.setattr(campaigns, "MATERIALISE_BATCH_SIZE", 3)
+    users = [UserFactory() for _ in range(7)]
+    users[4].username = "breaks"
+    users[4].save()
+    spring = campaign(body='{% if username == "breaks" %}{% url "no-such-page" %}{% endif %}Hello')
+    campaigns.start_campaign(spring.pk)
+    with pytest.raises(Exception, match="no-such-page"):
+        campaigns.launch_campaign(spring.pk, task_id="launch-1")
+    spring.refresh_from_db()
+    return spring
+
+
+def test_a_failed_launch_cancels_its_queued_rows_and_the_stale_sweep_leaves_them_alone(
+    broker, monkeypatch, settings
+) -> None:
+    spring = a_campaign_whose_launch_failed_after_writing_three_rows(monkeypatch)
+    broker.delete(*queue_keys("low_priority"))  # the first batch's chunk, which found the campaign failed
+
+    rows = Notification.objects.filter(campaign=spring)
+    assert spring.status == "failed"
+    assert set(rows.values_list("status", "last_error")) == {("cancelled", campaigns.LAUNCH_FAILED_NOTE)}
+    assert rows.count() == 3
+    rows.update(created_at=timezone.now() - timedelta(hours=1))
+    for _ in range(2):
+        assert sweeps.requeue_stale_notifications() == 0
+    assert messages_in(broker, "low_priority") == []
+
+
+def test_the_stale_sweep_cancels_rows_left_queued_by_a_failed_or_cancelled_campaign(broker, monkeypatch) -> None:
+    spring = a_campaign_whose_launch_failed_after_writing_three_rows(monkeypatch)
+    rows = Notification.objects.filter(campaign=spring)
+    rows.update(status="queued", last_error="", created_at=timezone.now() - timedelta(hours=1))  # as before the fix
+
+    sweeps.requeue_stale_notifications()
+
+    assert set(rows.values_list("status", "last_error")) == {("cancelled", campaigns.LAUNCH_FAILED_NOTE)}
+
+
+def test_a_failed_campaign_resumed_sends_every_recipient_one_email(
+    smtp_server, settings, broker, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    settings.EMAIL_RATE_LIMIT = None
+    spring = a_campaign_whose_launch_failed_after_writing_three_rows(monkeypatch)
+    UserFactory._meta.model.objects.filter(username="breaks").update(username="mended")  # what made it fail is gone
+    broker.delete(*queue_keys("low_priority"))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        campaigns.resume_campaign(spring.pk, actor_id=None)
+
+    spring.refresh_from_db()
+    assert (spring.status, spring.error, spring.launched_at) == ("sending", "", None)
+    assert Notification.objects.filter(campaign=spring, status="queued").count() == 3
+    [launch] = messages_in(broker, "low_priority")
+    assert launch["headers"]["task"] == "notifications.tasks.launch_campaign"
+    campaigns.launch_campaign(spring.pk, task_id=launch["headers"]["id"])
+    ids = list(Notification.objects.filter(campaign=spring).order_by("pk").values_list("pk", flat=True))
+    campaigns.send_campaign_chunk(spring.pk, ids[0], ids[-1], attempt=Attempt("chunk-1"))
+
+    spring.refresh_from_db()
+    assert (spring.status, spring.total, spring.sent, spring.failed) == ("done", 7, 7, 0)
+    assert smtp_server.inbox.count() == 7
+    assert len({message["To"] for message in smtp_server.inbox.messages}) == 7
+
+
+@pytest.mark.parametrize("status", ["draft", "sending", "done", "cancelled"])
+def test_only_a_failed_campaign_can_be_resumed(status: str) -> None:
+    spring = campaign(status=status)
+    with pytest.raises(campaigns.CampaignError, match="Only a failed campaign can be resumed"):
+        campaigns.resume_campaign(spring.pk)
+    spring.refresh_from_db()
+    assert spring.status == status
+
+
+def test_a_failed_campaign_can_be_cancelled_for_good(monkeypatch, broker) -> None:
+    spring = a_campaign_whose_launch_failed_after_writing_three_rows(monkeypatch)
+
+    campaigns.cancel_campaign(spring.pk)
+
+    spring.refresh_from_db()
+    assert spring.status == "cancelled"
+    with pytest.raises(campaigns.CampaignError):
+        campaigns.resume_campaign(spring.pk)

@@ -137,7 +137,7 @@ TABLE: dict[str, Rule] = {
     "admin:auth_user_password_change": Rule(
         "/admin/auth/user/{user}/password/", "auth.change_user", (302, 302, 302, 403, 200, 200)
     ),
-    # Start and cancel a campaign (it is cancelled already: the admin says so and goes back to it).
+    # Start, cancel and resume a campaign (it is cancelled already: the admin says so and goes back to it).
     "admin:notifications_campaign_start": Rule(
         "/admin/notifications/campaign/{campaign}/start/",
         "notifications.change_campaign",
@@ -146,6 +146,12 @@ TABLE: dict[str, Rule] = {
     ),
     "admin:notifications_campaign_cancel": Rule(
         "/admin/notifications/campaign/{campaign}/cancel/",
+        "notifications.change_campaign",
+        (302, 302, 302, 403, 302, 302),
+        "POST",
+    ),
+    "admin:notifications_campaign_resume": Rule(
+        "/admin/notifications/campaign/{campaign}/resume/",
         "notifications.change_campaign",
         (302, 302, 302, 403, 302, 302),
         "POST",
