@@ -11,7 +11,8 @@ the task stops at a boundary where it knows what it finished. The hard limit
 of its own, so a deferred soft limit is late by at most that timeout.
 
 Pools other than prefork (threads, solo) do not enforce time limits, and the
-block applies only to the main thread of a process that has the signal.
+block applies only to the main thread of a prefork child (where billiard's
+handler is installed).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from billiard.pool import soft_timeout_sighandler
 from celery.exceptions import SoftTimeLimitExceeded
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,13 @@ def soft_limit_deferred() -> Iterator[None]:
     # The handler is swapped rather than the signal blocked: a blocked signal
     # can still reach another thread of the process, and Python then runs the
     # handler in the main thread all the same.
-    if SOFT_LIMIT_SIGNAL is None or threading.current_thread() is not threading.main_thread():
+    if (
+        SOFT_LIMIT_SIGNAL is None
+        or threading.current_thread() is not threading.main_thread()
+        # Only where the signal means a soft time limit (a prefork child): in a
+        # worker's main process (solo pool) it asks for a traceback dump instead.
+        or signal.getsignal(SOFT_LIMIT_SIGNAL) is not soft_timeout_sighandler
+    ):
         yield
         return
     arrived: list[int] = []

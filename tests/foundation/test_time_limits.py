@@ -57,3 +57,11 @@ def test_an_error_raised_by_the_block_wins_over_a_soft_limit_that_came_meanwhile
         soft_limit_now()
         raise ConnectionError("the server went away")
     assert signal.getsignal(SOFT_LIMIT_SIGNAL) is soft_timeout_sighandler
+
+
+def test_where_the_signal_means_something_else_the_block_leaves_its_handler_alone() -> None:
+    def dump_tracebacks(signum: int, frame: object) -> None: ...
+
+    signal.signal(SOFT_LIMIT_SIGNAL, dump_tracebacks)  # as in a worker's main process
+    with soft_limit_deferred():
+        assert signal.getsignal(SOFT_LIMIT_SIGNAL) is dump_tracebacks

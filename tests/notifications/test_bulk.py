@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -474,3 +475,42 @@ def test_a_failed_campaign_can_be_cancelled_for_good(monkeypatch, broker) -> Non
     assert spring.status == "cancelled"
     with pytest.raises(campaigns.CampaignError):
         campaigns.resume_campaign(spring.pk)
+
+
+@pytest.fixture
+def prefork_soft_limit_handler() -> Iterator[None]:
+    """The SIGUSR1 handler billiard installs in every pool child: it raises SoftTimeLimitExceeded."""
+    import signal
+
+    from billiard.pool import soft_timeout_sighandler
+
+    previous = signal.signal(signal.SIGUSR1, soft_timeout_sighandler)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_chunk_stopped_by_its_soft_time_limit_records_what_it_sent_and_sends_the_rest_as_a_new_task(
+    settings, broker, mailoutbox, prefork_soft_limit_handler
+) -> None:
+    settings.EMAIL_RATE_LIMIT = None
+    for _ in range(6):
+        UserFactory()
+    spring = campaign()
+    campaigns.start_campaign(spring.pk)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
+    broker.delete(*queue_keys("low_priority"))
+    ids = list(Notification.objects.filter(campaign=spring).order_by("pk").values_list("pk", flat=True))
+    settings.EMAIL_BACKEND = "tests.support.mail.SoftLimitDuringThirdEmail"
+
+    result = campaigns.send_campaign_chunk(spring.pk, ids[0], ids[-1], attempt=Attempt("chunk-1"))
+
+    assert (result.sent, result.failed, result.stopped) == (3, 0, True)  # the third went out and was recorded
+    assert len(mailoutbox) == 3
+    rows = Notification.objects.filter(campaign=spring).order_by("pk")
+    assert [row.status for row in rows] == ["sent"] * 3 + ["queued"] * 3
+    assert {(row.lease_owner, row.attempts) for row in rows if row.status == "queued"} == {("", 0)}  # not a try
+    spring.refresh_from_db()
+    assert (spring.status, spring.sent) == ("sending", 3)
+    [again] = messages_in(broker, "low_priority")
+    assert again["headers"]["task"] == "notifications.tasks.send_campaign_chunk"
+    assert json.loads(base64.b64decode(again["body"]))[0] == [spring.pk, ids[0], ids[-1]]
