@@ -514,3 +514,34 @@ def test_a_chunk_stopped_by_its_soft_time_limit_records_what_it_sent_and_sends_t
     [again] = messages_in(broker, "low_priority")
     assert again["headers"]["task"] == "notifications.tasks.send_campaign_chunk"
     assert json.loads(base64.b64decode(again["body"]))[0] == [spring.pk, ids[0], ids[-1]]
+
+
+def test_a_launch_stopped_by_its_soft_time_limit_is_sent_again_not_failed(
+    broker, monkeypatch, prefork_soft_limit_handler
+) -> None:
+    import os
+    import signal
+
+    for _ in range(3):
+        UserFactory()
+    spring = campaign()
+    campaigns.start_campaign(spring.pk)
+    broker.delete(*queue_keys("low_priority"))
+    write = campaigns.campaign_message
+
+    def slow_write(campaign: Campaign, user: object, subject: object, body: object) -> Notification:
+        os.kill(os.getpid(), signal.SIGUSR1)  # the soft limit, while the rows are being written
+        return write(campaign, user, subject, body)
+
+    monkeypatch.setattr(campaigns, "campaign_message", slow_write)
+
+    assert campaigns.launch_campaign(spring.pk, task_id="launch-1") == 0
+
+    spring.refresh_from_db()
+    assert (spring.status, spring.error, spring.launched_at) == ("sending", "", None)
+    [again] = messages_in(broker, "low_priority")
+    assert again["headers"]["task"] == "notifications.tasks.launch_campaign"
+    assert spring.task_id == again["headers"]["id"] != "launch-1"
+    monkeypatch.setattr(campaigns, "campaign_message", write)
+    campaigns.launch_campaign(spring.pk, task_id=spring.task_id)
+    assert Notification.objects.filter(campaign=spring, status="queued").count() == 3
