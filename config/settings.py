@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from babel import Locale, UnknownLocaleError
 from babel.numbers import list_currencies
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config.env import (
     env_bool,
@@ -349,11 +349,20 @@ if WORKER_METRICS_PORT and not METRICS_TOKEN and WORKER_METRICS_HOST not in {"12
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads
 # them through the namespace. The README explains each one for operators.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost/")
-if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "filesystem://")):
+if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "amqps://", "filesystem://")):
     _scheme = CELERY_BROKER_URL.split(":")[0]
-    raise ImproperlyConfigured(f"CELERY_BROKER_URL must be a redis://, rediss:// or filesystem:// URL, not {_scheme}.")
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL must be a redis://, rediss://, amqp://, amqps:// or filesystem:// URL, not {_scheme}."
+    )
+# RabbitMQ (amqp:// and amqps://): quorum queues, see README "Celery" for what they change.
+BROKER_IS_RABBITMQ = CELERY_BROKER_URL.startswith(("amqp://", "amqps://"))
 # The longest delay any task is retried with; the visibility timeout must exceed it.
 TASK_RETRY_BACKOFF_MAX = 600
+# RabbitMQ drops a message from a quorum queue after this many deliveries (crashes,
+# lost connections, rejects), so a message that kills its worker every time cannot
+# loop for ever; the database sweeps still see the order or email it was about.
+# Queue arguments cannot change once a queue exists: see README before changing it.
+RABBITMQ_DELIVERY_LIMIT = 20
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # The embedded broker: messages are files under var/broker, so nothing needs
     # installing locally. The control folder carries broadcasts such as inspect ping.
@@ -370,6 +379,11 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # to a second and ping replies miss the health check's timeout (ops/health.py).
         "polling_interval": 0.1,
     }
+elif BROKER_IS_RABBITMQ:
+    # Kombu's py-amqp transport (amqps:// is the same over TLS). Publisher confirms:
+    # a publish returns only once RabbitMQ has the message (replicated, for a quorum
+    # queue), so an enqueue that "succeeded" survives a broker crash.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 else:
     # Kombu's Redis transport, sharing one Redis client per channel (see ops/broker.py).
     CELERY_BROKER_TRANSPORT = "ops.broker:Transport"
@@ -450,7 +464,35 @@ CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 # worker: priority comes from giving each queue its own workers (compose does).
 # Each queue gets its own routing key; without one, Celery binds them all to the
 # key "default" and a message would land in every queue.
-CELERY_TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in ("high_priority", "default", "low_priority"))
+TASK_QUEUE_NAMES = ("high_priority", "default", "low_priority")
+if BROKER_IS_RABBITMQ:
+    # Quorum queues: replicated and durable, so a message RabbitMQ accepted survives a
+    # broker restart. Declared with their type (a queue's type and arguments are fixed
+    # when it is created). The exchange is a topic exchange because Celery's native
+    # delayed delivery (below) cannot route through a direct one.
+    _tasks_exchange = Exchange("tasks", type="topic", durable=True)
+    CELERY_TASK_QUEUES = tuple(
+        Queue(
+            name,
+            exchange=_tasks_exchange,
+            routing_key=name,
+            queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": RABBITMQ_DELIVERY_LIMIT},
+        )
+        for name in TASK_QUEUE_NAMES
+    )
+    CELERY_TASK_DEFAULT_EXCHANGE = "tasks"
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+    # Quorum queues have no global QoS: the worker must set its prefetch per consumer
+    # (Celery does once it sees a quorum queue; this makes the detection explicit).
+    CELERY_WORKER_DETECT_QUORUM_QUEUES = True
+    # Countdowns and ETAs (retries with backoff) wait in RabbitMQ's delay queues, not
+    # unacknowledged in a worker's memory where consumer_timeout and prefetch limits
+    # bite. Celery sets this up when the worker sees a quorum queue over a topic
+    # exchange; the delay queues are quorum queues too.
+    CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
+else:
+    CELERY_TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in TASK_QUEUE_NAMES)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Refuse to invent queues from typos: a task routed to an unknown queue fails loudly.
 CELERY_TASK_CREATE_MISSING_QUEUES = False

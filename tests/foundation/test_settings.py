@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -42,7 +43,7 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         ({"SHOP_CURRENCY": "EURO"}, "SHOP_CURRENCY"),
         ({"SHOP_LOCALE": "xx_YY"}, "SHOP_LOCALE"),
         ({"EMAIL_URL": "pigeon://coop"}, "EMAIL_URL"),
-        ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
+        ({"CELERY_BROKER_URL": "sqs://key:secret@"}, "CELERY_BROKER_URL"),
         ({"DATABASE_CONN_MAX_AGE": "forever"}, "DATABASE_CONN_MAX_AGE"),
         ({"SCHEDULE_GRACE": "a while"}, "SCHEDULE_GRACE"),
         ({"WORKER_PING_MAX_AGE": "-5s"}, "WORKER_PING_MAX_AGE"),
@@ -125,3 +126,31 @@ def test_the_sandbox_providers_old_dotted_paths_still_name_them(tmp_path: Path) 
     out = manage(env, "shell", "-c", script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1].split() == ["sandbox.providers", "SandboxCarrier"]
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "amqps"])
+def test_it_accepts_a_rabbitmq_url_and_declares_quorum_queues_with_publisher_confirms(
+    tmp_path: Path, scheme: str
+) -> None:
+    env = clean_env(tmp_path, SECRET_KEY=secrets.token_urlsafe(50), CELERY_BROKER_URL=f"{scheme}://u:p@mq:5672/shop")
+    script = (
+        "import json; from config import celery_app as app; c = app.conf; print(json.dumps({"
+        "'queues': {q.name: [q.exchange.type, q.queue_arguments] for q in c.task_queues},"
+        "'options': c.broker_transport_options, 'detect': c.worker_detect_quorum_queues,"
+        "'delayed': c.broker_native_delayed_delivery_queue_type, 'transport': app.connection().transport_cls}))"
+    )
+
+    result = manage(env, "shell", "-c", script)
+
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(conf["queues"]) == {"high_priority", "default", "low_priority"}
+    for exchange_type, arguments in conf["queues"].values():
+        # Native delayed delivery routes through topic exchanges only.
+        assert exchange_type == "topic"
+        assert arguments["x-queue-type"] == "quorum"
+        assert arguments["x-delivery-limit"] > 1
+    assert conf["options"] == {"confirm_publish": True}
+    assert conf["detect"] is True
+    assert conf["delayed"] == "quorum"
+    assert conf["transport"] == scheme

@@ -32,6 +32,8 @@ class Command(BaseCommand):
         broker = settings.CELERY_BROKER_URL
         if broker.startswith("filesystem://"):
             broker_text = f"embedded file broker in {settings.CELERY_BROKER_TRANSPORT_OPTIONS['data_folder_in']}"
+        elif settings.BROKER_IS_RABBITMQ:
+            broker_text = f"RabbitMQ (quorum queues) at {redact(broker)}"
         else:
             broker_text = f"Redis at {redact(broker)}"
         lines = []
