@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from config import celery_app
 from ops.models import BeatHeartbeat
+from ops.queues import queue_depths
 
 if TYPE_CHECKING:
     from ops.census import Census
@@ -47,19 +48,6 @@ def database() -> Part:
         return Part(True, f"{connection.vendor} answers")
     except DatabaseError as exc:
         return Part(False, f"database unreachable: {exc}")
-
-
-def queue_depths() -> dict[str, int]:
-    """Messages waiting in each queue, read from the broker (raises when it is unreachable)."""
-    depths = {}
-    with celery_app.connection_for_read() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-        channel = conn.default_channel
-        for queue in settings.CELERY_TASK_QUEUES:
-            # Not passive: Kombu's Redis transport answers a passive declare of an
-            # empty queue (no list key) with 404. Declaring creates nothing on Redis.
-            depths[queue.name] = channel.queue_declare(queue=queue.name).message_count
-    return depths
 
 
 def broker() -> Part:

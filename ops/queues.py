@@ -1,0 +1,60 @@
+"""How many messages wait in a queue, read from the broker itself, whichever broker it is.
+
+One reader for every caller (/health/, /metrics, the overview, `manage.py queue_stats`,
+`manage.py purge_queue`), so each broker's quirks are handled once:
+
+- RabbitMQ: a passive queue declare, which answers the ready-message count of an
+  existing queue and never creates one. A normal declare would be refused (a quorum
+  queue declared without its arguments is "inequivalent"), or, before any worker ran,
+  would create a classic queue under the name the workers then fail to declare as a
+  quorum queue. No management plugin is needed. A queue that does not exist yet has
+  no messages.
+- Redis and the file broker: a normal declare. Kombu's Redis transport answers a
+  passive declare of an empty queue (no list key) with 404, and declaring creates
+  nothing there.
+
+Messages a worker holds (prefetched, running) and RabbitMQ's delayed messages
+(countdowns, in its celery_delayed_* queues) are not "waiting" and are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from django.conf import settings
+from kombu import Connection
+
+from config import celery_app
+
+# A health check must answer quickly when the broker is gone.
+CONNECT_TIMEOUT = 2
+
+
+def project_queue_names() -> list[str]:
+    """The task queues of the routing table (CELERY_TASK_QUEUES), in their order."""
+    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
+
+
+def queue_depth(conn: Connection, name: str) -> int:
+    """Messages waiting in the queue `name` on the open broker connection `conn`."""
+    if conn.transport.driver_type != "amqp":
+        return conn.default_channel.queue_declare(queue=name).message_count
+    # A failed passive declare closes its channel, so each queue gets a channel of its own.
+    channel = conn.channel()
+    try:
+        return channel.queue_declare(queue=name, passive=True).message_count
+    except conn.channel_errors as exc:
+        if getattr(exc, "code", None) == 404:  # NOT_FOUND: no worker has declared it yet
+            return 0
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # the broker may have closed it already
+            channel.close()
+
+
+def queue_depths(names: Iterable[str] | None = None) -> dict[str, int]:
+    """Messages waiting in each queue (default: the project's task queues); raises when the broker is unreachable."""
+    with celery_app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
+        return {name: queue_depth(conn, name) for name in (project_queue_names() if names is None else names)}
