@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Find or start the PostgreSQL and Redis servers that the test suite talks to.
+"""Find or start the PostgreSQL, Redis and RabbitMQ servers that the test suite talks to.
 
 `services.py up` prints shell `export` lines for DATABASE_URL and
-CELERY_BROKER_URL. It uses the URLs already in the environment when they answer,
+CELERY_BROKER_URL (Redis); `up --rabbitmq` adds TEST_RABBITMQ_URL, for the
+RabbitMQ pass of bin/test. It uses the URLs already in the environment when they answer,
 then the localhost defaults, and otherwise starts throwaway servers from the
 installed binaries under a temporary folder. `services.py down` stops the
 throwaway servers it started. Only the standard library is used, so it runs
@@ -29,12 +30,15 @@ STATE = Path(tempfile.gettempdir()) / f"backoffice-test-services-{os.getuid()}.j
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/backoffice"
 # A database number of its own, so the suite never touches a local app's queues.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/15"
+# bin/test runs the broker tests a second time on RabbitMQ: on this URL when it is set
+# (a vhost of its own keeps parallel runs apart), else on the default vhost "/".
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 INSTALL_HINT = (
     "Install them with your package manager, for example on Debian or Ubuntu:\n"
-    "    sudo apt-get install postgresql redis-server\n"
-    "or on macOS: brew install postgresql redis\n"
-    "or point DATABASE_URL and CELERY_BROKER_URL at servers you already have."
+    "    sudo apt-get install postgresql redis-server rabbitmq-server\n"
+    "or on macOS: brew install postgresql redis rabbitmq\n"
+    "or point DATABASE_URL, CELERY_BROKER_URL and TEST_RABBITMQ_URL at servers you already have."
 )
 
 
@@ -171,7 +175,113 @@ def start_redis() -> tuple[str, dict]:
     return f"redis://127.0.0.1:{port}/15", {"kind": "redis", "pidfile": str(pidfile), "root": str(root)}
 
 
-def up() -> None:
+def amqp_answers(host: str, port: int) -> bool:
+    """True when an AMQP 0-9-1 server answers the protocol header with Connection.Start (a method frame)."""
+    try:
+        with socket.create_connection((host, port), timeout=3) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            sock.settimeout(5)
+            return sock.recv(1) == b"\x01"
+    except OSError:
+        return False
+
+
+def rabbitmq_server() -> str | None:
+    # Debian puts the scripts in /usr/lib/rabbitmq/bin; /usr/sbin/rabbitmq-server is a
+    # wrapper that switches to the rabbitmq user, which cannot write our temporary folder.
+    direct = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    return str(direct) if direct.exists() else shutil.which("rabbitmq-server")
+
+
+def init_rabbitmq(port: int) -> dict:
+    """Start a throwaway RabbitMQ node on `port`, with its data, config and Erlang cookie under a temporary folder.
+
+    Returns the record that start_rabbitmq_node() and stop_rabbitmq() take: starting
+    it again with the same record brings back the same node with its queues (the
+    fault tests restart it). Takes 10 s or more: the Erlang VM and the node boot.
+    """
+    root = Path(tempfile.mkdtemp(prefix="backoffice-test-rabbitmq-"))
+    (root / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n")
+    (root / "rabbitmq-env.conf").write_text("")  # not the system's, which names the system's node
+    (root / "enabled_plugins").write_text("[].\n")
+    record = {"kind": "rabbitmq", "root": str(root), "port": port, "dist_port": free_port(), "pid": None}
+    start_rabbitmq_node(record)
+    return record
+
+
+def start_rabbitmq_node(record: dict, timeout: float = 90) -> None:
+    server = rabbitmq_server()
+    assert server, "rabbitmq-server is not installed"
+    root, port = Path(record["root"]), record["port"]
+    env = {
+        **os.environ,
+        "HOME": str(root),  # the Erlang cookie goes here
+        "RABBITMQ_NODENAME": f"backoffice-test-{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(record["dist_port"]),
+        "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+        "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(root / "log"),
+        "RABBITMQ_PID_FILE": str(root / "rabbitmq.pid"),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    }
+    with open(root / "server.out", "ab") as out:
+        process = subprocess.Popen([server], env=env, stdout=out, stderr=out, start_new_session=True)
+    record["pid"] = process.pid
+    deadline = time.monotonic() + timeout
+    while not amqp_answers("127.0.0.1", port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_rabbitmq(record)
+            raise RuntimeError(f"rabbitmq-server did not answer on port {port}; see {root / 'server.out'}")
+        time.sleep(0.3)
+
+
+def stop_rabbitmq(record: dict, timeout: float = 60) -> None:
+    """Stop the node (SIGTERM: a clean shutdown, queues kept on disk) and wait until it is gone."""
+    pid = record.get("pid")
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, 15)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (services.py down runs in another process)
+            finished = 0 if _alive(pid) else pid
+        if finished:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, 9)
+    record["pid"] = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_rabbitmq() -> tuple[str, dict]:
+    if not rabbitmq_server():
+        sys.exit(f"services: RabbitMQ is not running and rabbitmq-server is not installed.\n{INSTALL_HINT}")
+    port = 5672 if not port_open("127.0.0.1", 5672) else free_port()
+    try:
+        record = init_rabbitmq(port)
+    except RuntimeError as exc:
+        sys.exit(f"services: {exc}")
+    log(f"started a throwaway RabbitMQ on port {port} ({record['root']})")
+    return f"amqp://guest:guest@127.0.0.1:{port}//", record
+
+
+def up(rabbitmq: bool = False) -> None:
     started: list[dict] = []
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     if not database_url.startswith(("postgres://", "postgresql://")):
@@ -186,17 +296,37 @@ def up() -> None:
 
     broker_url = os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
     parts = urlsplit(broker_url)
-    if not broker_url.startswith("redis://"):
-        sys.exit("services: the tests need Redis, but CELERY_BROKER_URL is not a redis:// URL.")
-    if os.environ.get("CELERY_BROKER_URL") or redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
+    if broker_url.startswith("amqp://"):
+        # The broker tests alone, on RabbitMQ: bin/test -m rabbitmq with CELERY_BROKER_URL=amqp://...
+        if not amqp_answers(parts.hostname or "127.0.0.1", parts.port or 5672):
+            sys.exit("services: CELERY_BROKER_URL is an amqp:// URL, but no RabbitMQ answers there.")
+        log(f"using RabbitMQ at {parts.hostname}:{parts.port or 5672}{parts.path}")
+    elif not broker_url.startswith("redis://"):
+        sys.exit("services: the tests need Redis or RabbitMQ, but CELERY_BROKER_URL is not a redis:// or amqp:// URL.")
+    elif os.environ.get("CELERY_BROKER_URL") or redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
         log(f"using Redis at {parts.hostname}:{parts.port or 6379}{parts.path}")
     else:
         broker_url, record = start_redis()
         started.append(record)
 
+    rabbitmq_url = os.environ.get("TEST_RABBITMQ_URL") or DEFAULT_RABBITMQ_URL
+    if rabbitmq:  # only the whole suite's run needs it: a throwaway node takes 10-40 s to boot
+        parts = urlsplit(rabbitmq_url)
+        if not rabbitmq_url.startswith("amqp://"):
+            sys.exit("services: TEST_RABBITMQ_URL must be an amqp:// URL.")
+        if amqp_answers(parts.hostname or "127.0.0.1", parts.port or 5672):
+            log(f"using RabbitMQ at {parts.hostname}:{parts.port or 5672}{parts.path}")
+        elif os.environ.get("TEST_RABBITMQ_URL"):
+            sys.exit("services: TEST_RABBITMQ_URL is set, but no RabbitMQ answers there.")
+        else:
+            rabbitmq_url, record = start_rabbitmq()
+            started.append(record)
+
     STATE.write_text(json.dumps(started))
     print(f"export DATABASE_URL={shlex.quote(database_url)}")
     print(f"export CELERY_BROKER_URL={shlex.quote(broker_url)}")
+    if rabbitmq:
+        print(f"export TEST_RABBITMQ_URL={shlex.quote(rabbitmq_url)}")
 
 
 def down() -> None:
@@ -209,6 +339,9 @@ def down() -> None:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(Path(record["pidfile"]).read_text()), 15)
             shutil.rmtree(record["root"], ignore_errors=True)
+        elif record["kind"] == "rabbitmq":
+            stop_rabbitmq(record)
+            shutil.rmtree(record["root"], ignore_errors=True)
         log(f"stopped the throwaway {record['kind']}")
     STATE.unlink()
 
@@ -216,7 +349,9 @@ def down() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["up"]:
         up()
+    elif sys.argv[1:] == ["up", "--rabbitmq"]:
+        up(rabbitmq=True)
     elif sys.argv[1:] == ["down"]:
         down()
     else:
-        sys.exit("usage: services.py up|down")
+        sys.exit("usage: services.py up [--rabbitmq] | down")
