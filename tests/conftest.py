@@ -9,16 +9,12 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.db import connection
 
-from tests.support.broker import queue_keys
+from tests.support.broker import RabbitMQBroker, RedisBroker, connect
 from tests.support.processes import PROJECT_ROOT, ManagedProcess, WorkerProcess
-
-# Keys kombu's Redis transport keeps besides the queues themselves.
-KOMBU_BOOKKEEPING = ("unacked", "unacked_index", "unacked_mutex")
 
 
 @pytest.fixture(scope="session")
@@ -74,13 +70,12 @@ def celery_app():
 
 
 @pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    """The real Redis broker, with the project's queues emptied before and after the test."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    keys = [key for queue in settings.CELERY_TASK_QUEUES for key in queue_keys(queue.name)] + list(KOMBU_BOOKKEEPING)
-    client.delete(*keys)
+def broker() -> Iterator[RedisBroker | RabbitMQBroker]:
+    """The real broker (Redis, or RabbitMQ in the `rabbitmq` pass), with the project's queues emptied before and after."""
+    client = connect(settings.CELERY_BROKER_URL)
+    client.purge()
     yield client
-    client.delete(*keys)
+    client.purge()
     client.close()
 
 
@@ -112,7 +107,7 @@ def web_env(process_env: dict[str, str], static_root: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def worker(process_env: dict[str, str], broker: redis.Redis, celery_app) -> Iterator[WorkerProcess]:
+def worker(process_env: dict[str, str], broker: RedisBroker | RabbitMQBroker, celery_app) -> Iterator[WorkerProcess]:
     """A real prefork worker process consuming all three queues of the real broker."""
     with WorkerProcess(process_env) as process:
         process.wait_ready(celery_app)
@@ -120,7 +115,7 @@ def worker(process_env: dict[str, str], broker: redis.Redis, celery_app) -> Iter
 
 
 @pytest.fixture
-def start_worker_process(process_env: dict[str, str], broker: redis.Redis, celery_app):
+def start_worker_process(process_env: dict[str, str], broker: RedisBroker | RabbitMQBroker, celery_app):
     """Start real worker processes with extra env values; all are stopped when the test ends."""
     started: list[WorkerProcess] = []
 
@@ -138,7 +133,7 @@ def start_worker_process(process_env: dict[str, str], broker: redis.Redis, celer
 
 
 @pytest.fixture
-def thread_worker(transactional_db: None, broker: redis.Redis, celery_app) -> Iterator[object]:
+def thread_worker(transactional_db: None, broker: RedisBroker | RabbitMQBroker, celery_app) -> Iterator[object]:
     """An in-process worker thread (solo pool), for tasks that tests define themselves."""
     with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as worker:
         yield worker

@@ -13,7 +13,8 @@ from django_celery_results.models import TaskResult
 
 from config import celery_app
 from core.results import UpsertDatabaseBackend
-from tests.support.processes import PROJECT_ROOT
+from tests.support.broker import DELAY_QUEUES
+from tests.support.processes import PROJECT_ROOT, wait_for
 
 
 @celery_app.task(name="tests.foundation.echo")
@@ -59,12 +60,27 @@ def test_autodiscovery_registers_the_tasks_of_every_apps_tasks_module() -> None:
     assert {"orders.tasks.process_order", "orders.tasks.check_pending_orders"} <= registered
 
 
-def test_visibility_timeout_outlasts_every_retry_countdown_and_time_limit() -> None:
-    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+def longest_time_limit() -> float:
     celery_app.loader.import_default_modules()
-    longest_limit = max((task.time_limit or settings.CELERY_TASK_TIME_LIMIT) for name, task in celery_app.tasks.items())
+    return max((task.time_limit or settings.CELERY_TASK_TIME_LIMIT) for name, task in celery_app.tasks.items())
+
+
+def test_visibility_timeout_outlasts_every_retry_countdown_and_time_limit() -> None:
+    if settings.BROKER_IS_RABBITMQ:
+        pytest.skip("Redis only: RabbitMQ has no visibility timeout")
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    longest_limit = longest_time_limit()
     assert timeout > settings.TASK_RETRY_BACKOFF_MAX
     assert timeout > longest_limit
+
+
+# RabbitMQ's default consumer_timeout (since 3.8.15): a delivery unacknowledged for this
+# long closes the worker's channel. Tasks acknowledge late, so no task may run longer.
+RABBITMQ_DEFAULT_CONSUMER_TIMEOUT = 30 * 60
+
+
+def test_every_task_time_limit_ends_before_rabbitmqs_consumer_timeout() -> None:
+    assert longest_time_limit() < RABBITMQ_DEFAULT_CONSUMER_TIMEOUT
 
 
 def test_base_task_retries_a_lost_worker_within_seconds() -> None:
@@ -74,6 +90,7 @@ def test_base_task_retries_a_lost_worker_within_seconds() -> None:
     assert task.max_retries is not None
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.parametrize(
     ("task_name", "queue"),
     [
@@ -86,14 +103,15 @@ def test_base_task_retries_a_lost_worker_within_seconds() -> None:
 def test_it_routes_tasks_to_their_queue_on_the_real_broker(broker, task_name: str, queue: str) -> None:
     celery_app.send_task(task_name, args=[1])
 
-    lengths = {q.name: broker.llen(q.name) for q in settings.CELERY_TASK_QUEUES}
+    lengths = {q.name: broker.depth(q.name) for q in settings.CELERY_TASK_QUEUES}
     assert lengths == {q.name: int(q.name == queue) for q in settings.CELERY_TASK_QUEUES}
-    message = json.loads(broker.lindex(queue, 0))
+    [message] = broker.messages(queue)
     assert message["headers"]["task"] == task_name
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_consumes_from_redis_and_stores_the_result_in_postgres(thread_worker) -> None:
+def test_a_real_worker_consumes_from_the_broker_and_stores_the_result_in_postgres(thread_worker) -> None:
     result = echo.delay("ab", times=2)
     assert result.get(timeout=20) == "abab"
 
@@ -116,6 +134,8 @@ def _base_env() -> dict[str, str]:
 
 
 def test_a_broker_channel_shares_one_redis_client_and_replaces_it_with_its_pool(broker) -> None:
+    if settings.BROKER_IS_RABBITMQ:
+        pytest.skip("Redis only: ops/broker.py is the Redis transport")
     with celery_app.connection_for_write() as connection:
         channel = connection.default_channel
         assert type(channel).__module__ == "ops.broker"
@@ -125,3 +145,17 @@ def test_a_broker_channel_shares_one_redis_client_and_replaces_it_with_its_pool(
         channel._pool = None  # what Kombu does when it reconnects
         with channel.conn_or_acquire() as third:
             assert third is not first and third.connection_pool is channel.pool
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.django_db(transaction=True)
+def test_on_rabbitmq_a_countdown_waits_in_the_broker_and_not_in_the_workers_memory(thread_worker, broker) -> None:
+    if not settings.BROKER_IS_RABBITMQ:
+        pytest.skip("RabbitMQ only: on Redis a worker holds a countdown until it is due")
+    result = echo.apply_async(("later",), countdown=4)
+
+    # Native delayed delivery: the message waits in RabbitMQ's delay queues...
+    wait_for(lambda: any(broker.depth(queue) for queue in DELAY_QUEUES), 10, 0.1, "the task in a delay queue")
+    # ...so no worker holds it unacknowledged (prefetch, consumer_timeout).
+    assert not any((celery_app.control.inspect(timeout=1).scheduled() or {}).values())
+    assert result.get(timeout=30) == "later"

@@ -66,6 +66,7 @@ def test_an_unknown_task_name_is_refused_before_anything_is_sent() -> None:
         dispatch.send_on_commit("orders.tasks.no_such_task", [1])
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
 def test_a_task_sent_on_commit_leaves_only_when_the_transaction_commits(broker) -> None:
     with transaction.atomic():

@@ -20,6 +20,7 @@ def runs_of(name: str) -> int:
     return TaskResult.objects.filter(periodic_task_name=name).count()
 
 
+@pytest.mark.rabbitmq
 def test_a_schedule_created_changed_and_disabled_in_the_admin_takes_effect_without_a_restart(
     start_worker_process, process_env, admin_client
 ) -> None:
@@ -60,6 +61,7 @@ def test_a_schedule_created_changed_and_disabled_in_the_admin_takes_effect_witho
         assert "Sending due task Sweep often" not in beat.output()[noticed_at:], "runs went on after it was disabled"
 
 
+@pytest.mark.rabbitmq
 def test_two_beats_send_each_run_once_and_the_standby_takes_over_when_the_leader_dies(
     start_worker_process, process_env
 ) -> None:

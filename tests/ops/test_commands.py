@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from io import StringIO
 
@@ -62,6 +63,7 @@ def test_run_task_refuses_a_user_without_the_permission(broker) -> None:
     assert not TaskRun.objects.exists()
 
 
+@pytest.mark.rabbitmq
 def test_run_task_sends_to_the_chosen_queue_and_prints_the_id(broker, staff) -> None:
     out = run(
         "run_task", "orders.tasks.process_order", "--args", "[7]", "--queue", "low_priority", "--user", staff.username
@@ -74,6 +76,7 @@ def test_run_task_sends_to_the_chosen_queue_and_prints_the_id(broker, staff) -> 
     assert (message["headers"]["id"], message["headers"]["argsrepr"]) == (run_row.task_id, "[7]")
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_run_task_waits_for_the_result_of_a_real_worker(worker) -> None:
@@ -110,6 +113,7 @@ def test_task_status_shows_the_arguments_the_object_and_the_retries(customer) ->
     assert "retried as t-2" in out
 
 
+@pytest.mark.rabbitmq
 def test_queue_stats_counts_the_waiting_messages(broker) -> None:
     from orders.tasks import check_pending_orders
 
@@ -118,6 +122,22 @@ def test_queue_stats_counts_the_waiting_messages(broker) -> None:
     out = run("queue_stats")
     assert "default" in out and "       3 waiting" in out.split("default")[1].splitlines()[0]
     assert "workers: no worker answered" in out
+
+
+@pytest.mark.rabbitmq
+def test_queue_depths_come_from_the_broker_and_reading_them_creates_no_queue(broker, settings) -> None:
+    from config import celery_app
+    from ops.queues import queue_depths
+    from orders.tasks import check_pending_orders
+
+    check_pending_orders.delay()
+    unknown = f"no-such-queue-{uuid.uuid4().hex[:8]}"
+
+    assert queue_depths() == {"high_priority": 0, "default": 1, "low_priority": 0}
+    assert queue_depths([unknown, unknown]) == {unknown: 0}
+    if settings.BROKER_IS_RABBITMQ:  # a passive declare created nothing: the queue is still unknown
+        with celery_app.connection_for_read() as conn, pytest.raises(conn.channel_errors):
+            conn.channel().queue_declare(queue=unknown, passive=True)
 
 
 def test_beat_status_fails_without_a_fresh_heartbeat_and_passes_with_one(settings) -> None:

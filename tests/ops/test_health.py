@@ -17,7 +17,7 @@ from ops import runs
 from ops.models import BeatHeartbeat
 from tests.factories import UserFactory, staff_with
 from tests.support.processes import PROJECT_ROOT, BeatProcess, WorkerProcess, wait_for
-from tests.support.servers import HttpSession, RedisServer, WebProcess
+from tests.support.servers import HttpSession, WebProcess, own_broker_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,6 +53,7 @@ def test_liveness_answers_without_touching_anything(client, django_assert_num_qu
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_readiness_is_200_with_everything_up_and_503_naming_a_stopped_worker_or_beat(
     process_env, broker, celery_app, settings
@@ -88,6 +89,7 @@ def test_readiness_is_200_with_everything_up_and_503_naming_a_stopped_worker_or_
         beat.stop()
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_health_and_metrics_reuse_a_recent_answer_of_the_workers_instead_of_pinging_on_every_call(
     client, staff, worker, settings
@@ -112,13 +114,14 @@ def test_health_and_metrics_reuse_a_recent_answer_of_the_workers_instead_of_ping
     assert RecentAnswer.objects.get(key="workers").asked_at > asked_at
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_readiness_names_the_broker_when_it_is_down(web_env) -> None:
-    with RedisServer() as redis_server:
-        env = {**web_env, "CELERY_BROKER_URL": redis_server.url, "METRICS_TOKEN": TOKEN}
+    with own_broker_server() as broker_server:
+        env = {**web_env, "CELERY_BROKER_URL": broker_server.url, "METRICS_TOKEN": TOKEN}
         with WebProcess(env) as web:
             web.wait_ready()
-            redis_server.stop()
+            broker_server.stop()
             session = HttpSession(web.base_url)
             detailed = session.request("GET", "/health/", headers={"Authorization": f"Bearer {TOKEN}"})
             anonymous = session.request("GET", "/health/")
@@ -172,6 +175,7 @@ def test_anonymous_callers_get_the_status_and_the_names_of_failing_parts_only(cl
         assert set(detailed["checks"]["broker"]["queues"]) == {"high_priority", "default", "low_priority"}
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_metric_counts_move_after_tasks_run(client, staff, start_worker_process) -> None:
     start_worker_process()
@@ -197,6 +201,7 @@ def test_metric_counts_move_after_tasks_run(client, staff, start_worker_process)
     time.sleep(0)
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_back_to_back_pings_all_find_the_worker(worker) -> None:
     """Kombu drops replies to a second ping on a reused connection; every ping must see the worker."""

@@ -16,6 +16,7 @@ from tests.support.processes import WorkerProcess, wait_for
 URL = "/admin/ops/overview/"
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_it_shows_each_queues_workers_late_schedules_and_each_tasks_figures_from_the_workers(

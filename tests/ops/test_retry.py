@@ -25,6 +25,7 @@ def stored(task_id: str, timeout: float = 30) -> TaskResult:
     return wait_for(done, timeout, 0.1, f"the result of {task_id}")  # type: ignore[return-value]
 
 
+@pytest.mark.rabbitmq
 def test_retrying_a_failed_result_sends_a_new_task_with_the_original_arguments(
     start_worker_process, admin_client, admin_user
 ) -> None:

@@ -27,6 +27,7 @@ def takes_work(node: str) -> bool:
     return True
 
 
+@pytest.mark.rabbitmq
 def test_a_busy_worker_passes_its_health_check_and_one_that_answers_pings_but_takes_nothing_fails_it(
     process_env, broker, celery_app, customer, settings
 ) -> None:

@@ -11,11 +11,12 @@ from orders.models import Order
 from tests.orders.helpers import ledger, product, stock_of
 from tests.support.broker import sweep_until
 from tests.support.processes import WorkerProcess
-from tests.support.servers import HttpSession, RedisServer, WebProcess
+from tests.support.servers import HttpSession, WebProcess, own_broker_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
+@pytest.mark.rabbitmq
 def test_an_order_placed_while_the_broker_is_down_is_saved_pending_and_completed_after_it_returns(
     web_env: dict[str, str], customer
 ) -> None:
@@ -24,7 +25,7 @@ def test_an_order_placed_while_the_broker_is_down_is_saved_pending_and_completed
     login.force_login(customer)
     session_key = login.cookies["sessionid"].value
 
-    with RedisServer() as broker:
+    with own_broker_server() as broker:
         env = {**web_env, "CELERY_BROKER_URL": broker.url, "ORDER_REQUEUE_AFTER": "1s"}
         with WebProcess(env) as web, WorkerProcess(env, concurrency=1) as worker:
             web.wait_ready()
@@ -42,7 +43,7 @@ def test_an_order_placed_while_the_broker_is_down_is_saved_pending_and_completed
             assert order.status == "pending"
             assert f"broker unavailable, orders.tasks.process_order[{order.pk}] not sent" in web.output()
 
-            broker.start()  # an empty broker: the message never made it
+            broker.start()  # the message never made it (a Redis comes back empty, RabbitMQ never had it)
             sweep_until(
                 broker.url, "orders.tasks.check_pending_orders", order, "completed",
                 "the sweep to send the order once the broker is back",

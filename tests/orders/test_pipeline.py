@@ -28,6 +28,7 @@ def status_of(order: Order, timeout: float = 60, until: tuple[str, ...] = Order.
     return wait_for(reached, timeout, 0.1, f"order {order.pk} to reach {until}")  # type: ignore[return-value]
 
 
+@pytest.mark.rabbitmq
 def test_an_order_placed_over_http_is_completed_by_the_worker(start_worker_process, customer_client) -> None:
     start_worker_process()
     mug = product(stock=5, price="12.50")
@@ -48,6 +49,7 @@ def test_an_order_placed_over_http_is_completed_by_the_worker(start_worker_proce
     assert stock_of(mug) == 3
 
 
+@pytest.mark.rabbitmq
 def test_a_transient_gateway_error_is_retried_and_the_order_completes(start_worker_process, customer) -> None:
     start_worker_process()
     with transaction.atomic():  # the fault is in place before the task is sent (on commit)
@@ -99,6 +101,7 @@ def test_a_failure_after_the_charge_is_refunded_and_can_be_replayed_from_the_adm
     assert stock_of(mug) == 3
 
 
+@pytest.mark.rabbitmq
 def test_the_same_order_delivered_twice_and_on_two_workers_is_charged_once(
     start_worker_process, customer, broker
 ) -> None:
@@ -139,6 +142,7 @@ def test_two_orders_racing_for_the_last_unit_one_completes_and_the_other_is_neve
     assert stock_of(last) == 0
 
 
+@pytest.mark.rabbitmq
 def test_a_worker_child_killed_mid_charge_is_retried_and_the_order_charged_once(start_worker_process, customer) -> None:
     worker = start_worker_process(concurrency=1, PAYMENT_SANDBOX_LATENCY_MS="3000")
     mug = product(stock=5)
@@ -171,6 +175,7 @@ def test_a_worker_killed_right_after_the_gateway_charged_does_not_charge_twice(s
     assert stock_of(mug) == 4
 
 
+@pytest.mark.rabbitmq
 def test_a_whole_worker_killed_mid_order_is_recovered_by_the_sweep_once_the_lease_expires(
     start_worker_process, customer
 ) -> None:

@@ -19,6 +19,7 @@ from tests.support.processes import wait_for
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
+@pytest.mark.rabbitmq
 def test_a_chord_on_real_workers_gives_the_figures_of_one_slice_and_moves_progress(start_worker_process, staff) -> None:
     seed_orders(count=20_000, start=date(2025, 3, 1), end=date(2025, 3, 31), customers=50, seed=11)
     start_worker_process(REPORT_SLICE_DAYS="1", concurrency=2)
@@ -94,6 +95,7 @@ def test_a_scheduled_monthly_report_runs_on_a_worker_for_the_previous_month(star
     assert Report.objects.filter(kind="monthly").count() == 1
 
 
+@pytest.mark.rabbitmq
 def test_a_failing_slice_marks_the_report_failed_and_presents_no_file(start_worker_process, tmp_path) -> None:
     make_sales([Sale(datetime(2025, 5, 5, 12, tzinfo=ZoneInfo("UTC")), "completed", (("MUG", 1, 10),))])
     blocker = tmp_path / "file"

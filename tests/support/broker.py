@@ -1,12 +1,23 @@
-"""The real Redis broker in tests: reading its queues, and sweeping after an outage."""
+"""The real broker in tests, Redis or RabbitMQ: reading and emptying its queues, and sweeping after an outage.
+
+The suite runs on Redis; bin/test and CI run the tests marked `rabbitmq` a second
+time with CELERY_BROKER_URL on RabbitMQ (quorum queues). The `broker` fixture
+gives a RedisBroker or a RabbitMQBroker, which answer the same questions
+(messages, depth, idle, purge); a RedisBroker is also the Redis client itself.
+"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import time
+from typing import Any
 
 import redis
 from django.db.models import Model
+from kombu import Connection
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 
 from tests.support.processes import wait_for
 
@@ -20,9 +31,130 @@ def queue_keys(queue: str) -> list[str]:
     return [queue, *(f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]
 
 
-def messages_in(client: redis.Redis, queue: str) -> list[dict]:
+def project_queues() -> list[str]:
+    from django.conf import settings
+
+    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
+
+
+class RedisBroker(redis.Redis):
+    """The Redis client of the broker, with the questions tests ask of any broker."""
+
+    def messages(self, queue: str) -> list[dict]:
+        """Every message waiting in a queue, whatever its priority, decoded (Kombu's envelope: headers, properties, body)."""
+        return [json.loads(raw) for key in queue_keys(queue) for raw in self.lrange(key, 0, -1)]
+
+    def depth(self, queue: str) -> int:
+        return sum(self.llen(key) for key in queue_keys(queue))
+
+    def idle(self) -> bool:
+        return idle(self)
+
+    def purge(self) -> None:
+        """Empty the project's queues, and forget what workers held unacknowledged."""
+        self.delete(*[key for queue in project_queues() for key in queue_keys(queue)], *KOMBU_BOOKKEEPING)
+
+
+# Keys kombu's Redis transport keeps besides the queues themselves.
+KOMBU_BOOKKEEPING = ("unacked", "unacked_index", "unacked_mutex")
+# RabbitMQ's native delayed delivery: countdowns wait in these queues (Kombu's names).
+DELAY_QUEUES = tuple(level_name(level) for level in range(MAX_LEVEL + 1))
+
+
+class RabbitMQBroker:
+    """A connection to the RabbitMQ vhost of CELERY_BROKER_URL, asking what a test asks of the Redis broker."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connection = Connection(url)
+        self.connection.ensure_connection(max_retries=3)
+
+    def messages(self, queue: str) -> list[dict]:
+        """Every message waiting in a queue, decoded like Kombu's Redis envelope; they stay in the queue.
+
+        Fetched unacknowledged, then the channel is closed, which puts them back.
+        """
+        found = []
+        channel = self.connection.channel()
+        try:
+            while (message := channel.basic_get(queue, no_ack=False)) is not None:
+                found.append(
+                    {
+                        "headers": dict(message.headers),
+                        "properties": dict(message.properties),
+                        "body": base64.b64encode(_as_bytes(message.body)).decode(),
+                    }
+                )
+        except self.connection.channel_errors as exc:
+            if getattr(exc, "code", None) != 404:  # no worker declared the queue yet: empty
+                raise
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+        return found
+
+    def depth(self, queue: str) -> int:
+        from ops.queues import queue_depth
+
+        return queue_depth(self.connection, queue)
+
+    def idle(self) -> bool:
+        """No task waits in a project queue or a delay queue, and no worker holds one (running or prefetched).
+
+        Unlike Redis, RabbitMQ does not tell a client over AMQP how many messages are
+        unacknowledged, so the workers are asked. Checked twice, as on Redis.
+        """
+
+        def nothing_left() -> bool:
+            if any(self.depth(queue) for queue in (*project_queues(), *DELAY_QUEUES)):
+                return False
+            return not workers_hold_tasks()
+
+        if not nothing_left():
+            return False
+        time.sleep(0.2)
+        return nothing_left()
+
+    def purge(self) -> None:
+        """Empty the project's queues and the delay queues (a countdown must not fire in the next test)."""
+        for queue in (*project_queues(), *DELAY_QUEUES):
+            channel = self.connection.channel()
+            try:
+                channel.queue_purge(queue)
+            except self.connection.channel_errors as exc:
+                if getattr(exc, "code", None) != 404:
+                    raise
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+
+    def close(self) -> None:
+        self.connection.release()
+
+
+def _as_bytes(body: bytes | str) -> bytes:
+    return body.encode() if isinstance(body, str) else body
+
+
+def workers_hold_tasks() -> bool:
+    """Whether any worker is running or holding a task (a broadcast to the workers of the test's broker)."""
+    from config import celery_app
+
+    inspect = celery_app.control.inspect(timeout=0.5)
+    held = [*((inspect.active() or {}).values()), *((inspect.reserved() or {}).values())]
+    return any(held)
+
+
+def connect(url: str) -> RedisBroker | RabbitMQBroker:
+    """The broker at `url`, as the `broker` fixture gives it."""
+    if url.startswith(("amqp://", "amqps://")):
+        return RabbitMQBroker(url)
+    return RedisBroker.from_url(url)
+
+
+def messages_in(client: Any, queue: str) -> list[dict]:
     """Every message waiting in a queue, whatever its priority, decoded."""
-    return [json.loads(raw) for key in queue_keys(queue) for raw in client.lrange(key, 0, -1)]
+    return client.messages(queue)
 
 
 def idle(client: redis.Redis) -> bool:
@@ -44,9 +176,9 @@ def idle(client: redis.Redis) -> bool:
     return nothing_left()
 
 
-def wait_until_idle(client: redis.Redis, what: str, timeout: float = 60) -> None:
-    """Wait until every task sent so far has finished (see idle)."""
-    wait_for(lambda: idle(client), timeout, 0.1, f"every task to finish: {what}")
+def wait_until_idle(client: Any, what: str, timeout: float = 60) -> None:
+    """Wait until every task sent so far has finished (see idle and RabbitMQBroker.idle)."""
+    wait_for(client.idle, timeout, 0.1, f"every task to finish: {what}")
 
 
 def sweep_until(broker_url: str, task_name: str, row: Model, status: str, what: str, timeout: float = 90) -> None:

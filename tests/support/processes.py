@@ -147,6 +147,22 @@ class WorkerProcess(ManagedProcess):
         wait_for(ready, timeout, 0.2, f"worker {self.nodename} to be ready")
         return self
 
+    def stop(self, timeout: float = 30) -> int | None:
+        returncode = super().stop(timeout)
+        self._delete_direct_queue()
+        return returncode
+
+    def _delete_direct_queue(self) -> None:
+        """On RabbitMQ, delete the worker's own durable queue (<node>.dq2), which would outlive it on the vhost."""
+        url = self.env.get("CELERY_BROKER_URL", "")
+        if not url.startswith(("amqp://", "amqps://")):
+            return  # on Redis it is a list that disappears with its last message
+        from kombu import Connection
+
+        with contextlib.suppress(Exception), Connection(url, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1)
+            connection.default_channel.queue_delete(f"{self.nodename}.dq2")
+
     def child_pids(self) -> list[int]:
         """The pool's child processes (pids whose parent is the worker)."""
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children")

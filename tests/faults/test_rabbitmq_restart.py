@@ -1,0 +1,81 @@
+"""RabbitMQ stopped under load and started again: quorum queues keep every queued message, so no sweep is needed.
+
+The Redis counterpart (test_broker_loss.py) restarts Redis empty and relies on the
+database sweeps. Here no beat runs, so no sweep does: every order whose message was
+queued completes because RabbitMQ kept the message on disk, and the message of the
+task a worker was running when the broker stopped (unacknowledged: tasks acknowledge
+late) is delivered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+
+from config import celery_app
+from notifications.models import Notification
+from orders.models import Order
+from tests.faults.helpers import Customers, Shop, assert_each_order_done_once, wait_until_settled
+from tests.support.broker import RabbitMQBroker
+from tests.support.processes import WorkerProcess, wait_for
+from tests.support.servers import RabbitMQServer, WebProcess
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def rabbitmq_shop(web_env: dict[str, str], smtp_server, customer) -> Iterator[Shop]:
+    if not settings.BROKER_IS_RABBITMQ:
+        pytest.skip("RabbitMQ only: the suite's settings declare quorum queues only for an amqp:// broker")
+    with RabbitMQServer() as server:
+        yield Shop.create(web_env, server, smtp_server, customer)
+
+
+def waiting_in(url: str, queue: str) -> int:
+    broker = RabbitMQBroker(url)
+    try:
+        return broker.depth(queue)
+    finally:
+        broker.close()
+
+
+def test_rabbitmq_stopped_under_load_and_started_again_keeps_every_queued_order_without_a_sweep(
+    rabbitmq_shop: Shop,
+) -> None:
+    shop = rabbitmq_shop
+    server = shop.redis  # the shop's broker server; here a RabbitMQ node of the test's own
+    # One slow worker process, so that a backlog waits in the queue when the broker stops.
+    env = {**shop.env, "PAYMENT_SANDBOX_LATENCY_MS": "400"}
+    with WebProcess(env) as web, WorkerProcess(env, concurrency=1) as worker:
+        web.wait_ready()
+        worker.wait_started()
+        ids = Customers(web.base_url, shop.session_key, shop.skus, clients=2, orders_each=10, pause=0).start().wait()
+        wait_for(lambda: Order.objects.filter(pk__in=ids, status="completed").exists(), 60, 0.1, "a first order done")
+        queued = waiting_in(server.url, "default")
+        assert queued >= 3, f"too little backlog to show anything: {queued} waiting"
+
+        server.stop()
+        wait_for(lambda: "Connection to broker lost" in worker.output(), 30, 0.1, "the worker to notice")
+        server.start()  # the same node and data folder: the quorum queues come back with their messages
+
+        # No beat runs, so nothing is swept: the orders complete from the kept messages alone.
+        wait_for(
+            lambda: all(order.is_final for order in shop.orders(ids)), 180, 0.5, f"the {len(ids)} orders to be final"
+        )
+        assert {order.status for order in shop.orders(ids)} == {"completed"}
+        # An email a finishing task tried to send while the broker was down was never
+        # queued: that is what the outbox sweep is for (it logged the refusal).
+        unsent = Notification.objects.filter(subject_object__in=[f"orders.order:{pk}" for pk in ids]).exclude(
+            status="sent"
+        )
+        if unsent.exists():
+            assert "broker unavailable" in worker.output(), list(unsent.values_list("subject_object", "status"))
+            with celery_app.connection_for_write(server.url) as connection:
+                celery_app.send_task("notifications.tasks.requeue_stale_notifications", connection=connection)
+        wait_until_settled(shop, ids, 120)
+        assert worker.alive(), worker.output()[-3000:]
+        assert "Unrecoverable error" not in worker.output()
+
+    assert_each_order_done_once(shop, ids)
