@@ -64,9 +64,14 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
 
 
 def bench_urls() -> tuple[str, str]:
-    """DATABASE_URL and CELERY_BROKER_URL for the bench: the services' servers, bench database and Redis db."""
+    """DATABASE_URL and CELERY_BROKER_URL for the bench: the services' servers, bench database and Redis db.
+
+    A RabbitMQ URL (bin/bench's second pass) is used as given: its vhost is the bench's.
+    """
     database = urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{BENCH_DATABASE}").geturl()
-    broker = urlsplit(os.environ["CELERY_BROKER_URL"])._replace(path=f"/{BENCH_REDIS_DB}").geturl()
+    broker = os.environ["CELERY_BROKER_URL"]
+    if not broker.startswith(("amqp://", "amqps://")):
+        broker = urlsplit(broker)._replace(path=f"/{BENCH_REDIS_DB}").geturl()
     return database, broker
 
 
@@ -142,9 +147,31 @@ def flush_broker() -> None:
     import redis
     from django.conf import settings
 
+    if settings.BROKER_IS_RABBITMQ:
+        _purge_rabbitmq()
+        return
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     client.flushdb()
     client.close()
+
+
+def _purge_rabbitmq() -> None:
+    """Empty the project's queues and RabbitMQ's delay queues on the bench's vhost (missing ones are skipped)."""
+    from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
+
+    from config import celery_app
+    from ops.queues import project_queue_names
+
+    with celery_app.connection_for_write() as connection:
+        for queue in [*project_queue_names(), *(level_name(level) for level in range(MAX_LEVEL + 1))]:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(queue)
+            except connection.channel_errors:
+                pass  # not declared yet: nothing to empty
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
 
 
 def reset_tables(*labels: str) -> None:

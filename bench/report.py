@@ -71,9 +71,20 @@ def versions() -> dict:
         postgres = cursor.fetchone()[0]
         cursor.execute("SELECT current_setting('fsync'), current_setting('synchronous_commit')")
         fsync, synchronous_commit = cursor.fetchone()
-    client = redis.Redis.from_url(bench_urls()[1])
-    redis_server = client.info("server")["redis_version"]
-    client.close()
+    from django.conf import settings
+
+    if settings.BROKER_IS_RABBITMQ:
+        from config import celery_app
+
+        with celery_app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            broker_server = f"RabbitMQ {conn.connection.server_properties.get('version', '?')} (quorum queues)"
+        redis_server = None
+    else:
+        client = redis.Redis.from_url(bench_urls()[1])
+        redis_server = client.info("server")["redis_version"]
+        client.close()
+        broker_server = f"Redis {redis_server}"
     packages = [
         "Django",
         "celery",
@@ -90,6 +101,7 @@ def versions() -> dict:
         "postgresql": postgres,
         "postgresql_durability": f"fsync={fsync} synchronous_commit={synchronous_commit}",
         "redis-server": redis_server,
+        "broker": broker_server,
         "git": _git_revision(),
     }
 
@@ -232,7 +244,7 @@ def table(doc: dict) -> str:
     lines = [
         f"Benchmarks, {doc['date']} ({doc['mode']} mode): {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}",
         f"Python {v['python']}, Django {v['Django']}, Celery {v['celery']}, PostgreSQL {v['postgresql']}, "
-        f"Redis {v['redis-server']}, commit {v['git']}",
+        f"{v.get('broker') or 'Redis ' + str(v['redis-server'])}, commit {v['git']}",
         "",
     ]
     header = ("scenario", "measure", "value", "baseline (same run)", "ratio")

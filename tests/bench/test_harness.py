@@ -46,3 +46,16 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_the_bench_takes_a_redis_database_of_its_own_and_a_rabbitmq_url_as_given(monkeypatch) -> None:
+    from bench import harness
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/backoffice")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+    assert harness.bench_urls() == (
+        "postgres://postgres@127.0.0.1:5432/backoffice_bench",
+        f"redis://127.0.0.1:6379/{harness.BENCH_REDIS_DB}",
+    )
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/bench")  # bin/bench's second pass
+    assert harness.bench_urls()[1] == "amqp://guest:guest@127.0.0.1:5672/bench"

@@ -202,6 +202,20 @@ def test_metric_counts_move_after_tasks_run(client, staff, start_worker_process)
 
 
 @pytest.mark.rabbitmq
+def test_queue_depth_metric_and_health_read_the_waiting_messages_from_the_broker(client, settings, broker) -> None:
+    from config import celery_app
+
+    settings.METRICS_TOKEN = TOKEN
+    for _ in range(2):
+        celery_app.send_task("reports.tasks.generate_daily_report")
+
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).content.decode()
+    depths = dict(re.findall(r'backoffice_queue_depth\{queue="(\w+)"\} ([0-9.]+)', text))
+    assert depths == {"high_priority": "0.0", "default": "0.0", "low_priority": "2.0"}
+    assert health(client)[1]["checks"]["broker"]["queues"] == {"high_priority": 0, "default": 0, "low_priority": 2}
+
+
+@pytest.mark.rabbitmq
 @pytest.mark.slow
 def test_back_to_back_pings_all_find_the_worker(worker) -> None:
     """Kombu drops replies to a second ping on a reused connection; every ping must see the worker."""

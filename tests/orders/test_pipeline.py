@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+from django.conf import settings
 from django.db import transaction
 from django.test import Client
 
@@ -185,7 +186,7 @@ def test_a_whole_worker_killed_mid_order_is_recovered_by_the_sweep_once_the_leas
     with transaction.atomic():
         order = place(customer, (mug, 1))
     wait_for(lambda: Payment.objects.filter(order=order).exists(), 30, 0.05, "the payment intent")
-    doomed.kill_group()  # the machine is gone: no retry message, the delivery sits unacked in Redis
+    doomed.kill_group()  # the machine is gone: no retry message, the delivery sits unacked (Redis) or returns (RabbitMQ)
 
     start_worker_process(concurrency=1, **timing)
     order.refresh_from_db()
@@ -200,4 +201,8 @@ def test_a_whole_worker_killed_mid_order_is_recovered_by_the_sweep_once_the_leas
     wait_for(swept_and_done, 60, 0, "the sweep to bring the order back")
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 4
-    assert order.events.filter(kind="requeued").exists()
+    if not settings.BROKER_IS_RABBITMQ:
+        assert order.events.filter(kind="requeued").exists()
+    # On RabbitMQ the dead worker's connection closes and its unacknowledged message is
+    # delivered again at once: the broker may bring the order back before the sweep
+    # does, and the lease keeps the two to one run.
