@@ -49,6 +49,7 @@ def test_reset_and_unsubscribe_tokens_never_reach_the_web_process_output(web_env
     assert "Not Found: /unsubscribe/[redacted]/" in output
 
 
+@pytest.mark.rabbitmq
 def test_flower_as_compose_runs_it_refuses_to_send_or_revoke_tasks(process_env, broker) -> None:
     port = free_port()
     options = (f"--port={port}", "--address=127.0.0.1", "--read_only", "--basic_auth=ops:s3cret")
@@ -76,7 +77,7 @@ def test_flower_as_compose_runs_it_refuses_to_send_or_revoke_tasks(process_env, 
         assert post("/api/task/async-apply/orders.tasks.check_pending_orders") == 403
         assert post("/api/task/send-task/orders.tasks.check_pending_orders") == 403
         assert post("/api/task/revoke/some-task-id") == 403
-    assert all(not broker.llen(queue) for queue in ("high_priority", "default", "low_priority"))
+    assert all(not broker.depth(queue) for queue in ("high_priority", "default", "low_priority"))
 
 
 def test_gunicorn_answers_hostile_api_requests_with_json_4xx(web_env, settings) -> None:
