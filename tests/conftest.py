@@ -137,6 +137,8 @@ def thread_worker(transactional_db: None, broker: RedisBroker | RabbitMQBroker, 
     """An in-process worker thread (solo pool), for tasks that tests define themselves."""
     with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as worker:
         yield worker
+    if isinstance(broker, RabbitMQBroker):  # its own durable queue would outlive it on the vhost
+        broker.delete_queue(f"{worker.hostname}.dq2")
 
 
 @pytest.fixture

@@ -128,6 +128,10 @@ class RabbitMQBroker:
                 with contextlib.suppress(Exception):
                     channel.close()
 
+    def delete_queue(self, queue: str) -> None:
+        with contextlib.suppress(*self.connection.channel_errors):
+            self.connection.default_channel.queue_delete(queue)
+
     def close(self) -> None:
         self.connection.release()
 
