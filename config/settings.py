@@ -349,10 +349,19 @@ if WORKER_METRICS_PORT and not METRICS_TOKEN and WORKER_METRICS_HOST not in {"12
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads
 # them through the namespace. The README explains each one for operators.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost/")
-if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "amqps://", "filesystem://")):
+# Redis Cluster is refused by name (kombu#732), before the general scheme check.
+if "cluster" in CELERY_BROKER_URL.split("://")[0].lower() or "cluster=" in CELERY_BROKER_URL.lower():
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_URL names Redis Cluster, which Kombu's Redis transport does not support: a queue, its "
+        "unacked messages and its broadcasts live under several keys in different hash slots, and the transport "
+        "needs them on one server (celery/kombu#732). Use one Redis server, with Sentinel for failover "
+        "(sentinel://host:26379;sentinel://host2:26379 and CELERY_BROKER_SENTINEL_MASTER), or RabbitMQ."
+    )
+if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "sentinel://", "amqp://", "amqps://", "filesystem://")):
     _scheme = CELERY_BROKER_URL.split(":")[0]
     raise ImproperlyConfigured(
-        f"CELERY_BROKER_URL must be a redis://, rediss://, amqp://, amqps:// or filesystem:// URL, not {_scheme}."
+        "CELERY_BROKER_URL must be a redis://, rediss://, sentinel://, amqp://, amqps:// or filesystem:// URL, "
+        f"not {_scheme}."
     )
 # RabbitMQ (amqp:// and amqps://): quorum queues, see README "Celery" for what they change.
 BROKER_IS_RABBITMQ = CELERY_BROKER_URL.startswith(("amqp://", "amqps://"))
@@ -392,6 +401,22 @@ else:
         # longer than any countdown/ETA and any task's run time, or a task that is
         # merely waiting or still running gets delivered a second time.
         "visibility_timeout": 2 * 60 * 60,
+    }
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    # Redis behind Sentinel (opt-in): the URL lists the sentinels, separated by ";",
+    # and the sentinels name the master. Same Kombu Redis transport, same shared
+    # client per channel (ops/broker.py), same visibility timeout.
+    CELERY_BROKER_TRANSPORT = "ops.broker:SentinelTransport"
+    CELERY_BROKER_SENTINEL_MASTER = env_str("CELERY_BROKER_SENTINEL_MASTER", "")
+    if not CELERY_BROKER_SENTINEL_MASTER:
+        raise ImproperlyConfigured(
+            "CELERY_BROKER_SENTINEL_MASTER is required with a sentinel:// CELERY_BROKER_URL: "
+            "the name the sentinels monitor the master under (sentinel monitor <name> ...)."
+        )
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 2 * 60 * 60,
+        **CELERY_BROKER_TRANSPORT_OPTIONS,
+        "master_name": CELERY_BROKER_SENTINEL_MASTER,
     }
 # Keep retrying the broker when it is not up yet (compose start order, restarts).
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -9,8 +9,16 @@ the CPU of a publish, and at several client builds per task in a worker.
 A redis.Redis client is only a handle on the channel's connection pool and is
 safe to share, so each channel keeps one, and makes a new one only when Kombu
 replaced the pool (after a reconnect). Everything else is Kombu's own transport,
-but for one work-around (Channel._connparams). Selected by CELERY_BROKER_TRANSPORT
-for redis:// and rediss:// URLs.
+but for one work-around (_connparams). Selected by CELERY_BROKER_TRANSPORT for
+redis:// and rediss:// URLs (Transport) and for sentinel:// URLs (SentinelTransport).
+
+Sentinel gets the same shared client: there the channel's pool is redis-py's
+SentinelConnectionPool, which asks the sentinels for the current master when it
+opens a connection, drops its idle connections when the master has changed, and
+reconnects a connection that finds itself on a read-only replica. A client is
+still only a handle on that pool, so sharing one per channel is as safe as on
+plain Redis. Measured through a throwaway sentinel (3 rounds of 3,000 publishes):
+0.40-0.61 ms of CPU per publish shared, 1.01-1.14 ms with a client per command.
 """
 
 from __future__ import annotations
@@ -21,8 +29,12 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):
+class SharedClient:
+    """The two changes to Kombu's Redis channel, for both the plain and the Sentinel channel."""
+
     _shared_client: Any = None
+    connection: Any
+    pool: Any
 
     def _connparams(self, asynchronous: bool = False) -> dict:
         # Celery 5.7.0 closes a lost broker connection twice: Consumer.
@@ -51,5 +63,19 @@ class Channel(kombu_redis.Channel):
         return client
 
 
+class Channel(SharedClient, kombu_redis.Channel):
+    pass
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(SharedClient, kombu_redis.SentinelChannel):
+    pass
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """sentinel://host:26379;sentinel://host2:26379, master name in the transport options (settings)."""
+
+    Channel = SentinelChannel

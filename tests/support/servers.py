@@ -123,6 +123,50 @@ def own_broker_server() -> RedisServer | RabbitMQServer:
     return RabbitMQServer() if settings.BROKER_IS_RABBITMQ else RedisServer()
 
 
+class SentinelServer:
+    """A Redis Sentinel of the test's own (`redis-server --sentinel`), watching one master under a name."""
+
+    def __init__(self, master: RedisServer, name: str) -> None:
+        self.master = master
+        self.name = name
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="test-sentinel-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelServer:
+        # Sentinel rewrites its configuration file, so it gets one of its own.
+        config = self.dir / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [self.master.binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _knows_master(client, self.name), 10, 0.05, "the test's sentinel to name its master")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> SentinelServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _knows_master(client: redis.Redis, name: str) -> bool:
+    try:
+        return client.sentinel_get_master_addr_by_name(name) is not None
+    except redis.ConnectionError:
+        return False
+
+
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())

@@ -1,0 +1,87 @@
+"""Redis behind Sentinel: sentinel:// URLs, the master name from CELERY_BROKER_SENTINEL_MASTER, a real worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django_celery_results.models import TaskResult
+from kombu import Connection
+
+from tests.support.processes import PROJECT_ROOT, WorkerProcess, free_port
+from tests.support.servers import RedisServer, SentinelServer
+
+MASTER = "backoffice-test"
+
+
+@pytest.fixture
+def sentinel() -> Iterator[SentinelServer]:
+    with RedisServer() as master, SentinelServer(master, MASTER) as sentinel:
+        yield sentinel
+
+
+def sentinel_url(sentinel: SentinelServer) -> str:
+    # The first sentinel listed is down: the client asks the next one, as it would in a failover.
+    return f"sentinel://127.0.0.1:{free_port()}/0;sentinel://127.0.0.1:{sentinel.port}/0"
+
+
+def test_a_real_worker_runs_a_task_through_sentinel(process_env: dict[str, str], sentinel: SentinelServer) -> None:
+    env = {**process_env, "CELERY_BROKER_URL": sentinel_url(sentinel), "CELERY_BROKER_SENTINEL_MASTER": MASTER}
+
+    with WorkerProcess(env) as worker:
+        worker.wait_started()
+        sent = subprocess.run(
+            [sys.executable, "manage.py", "run_task", "ops.tasks.cleanup_failures", "--wait", "--timeout", "60"],
+            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr + worker.output()[-3000:]
+
+    row = TaskResult.objects.get(task_name="ops.tasks.cleanup_failures")
+    assert row.status == "SUCCESS"
+    assert json.loads(row.result) == 0
+    assert row.worker == worker.nodename
+    # The queues live on the master the sentinel named, not on the suite's Redis.
+    master = redis.Redis(port=sentinel.master.port)
+    assert master.keys("_kombu.binding.*")
+
+
+def test_a_sentinel_channel_shares_one_redis_client_on_the_master(sentinel: SentinelServer) -> None:
+    options = {"master_name": MASTER}
+    with Connection(
+        sentinel_url(sentinel), transport="ops.broker:SentinelTransport", transport_options=options
+    ) as conn:
+        channel = conn.default_channel
+        assert type(channel).__qualname__ == "SentinelChannel"
+        assert type(channel).__module__ == "ops.broker"
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.ping()
+            assert first.connection_pool.get_master_address() == ("127.0.0.1", sentinel.master.port)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"CELERY_BROKER_URL": "sentinel://127.0.0.1:26379"}, "CELERY_BROKER_SENTINEL_MASTER is required"),
+        ({"CELERY_BROKER_URL": "redis+cluster://127.0.0.1:7000/0"}, "kombu#732"),
+        ({"CELERY_BROKER_URL": "rediscluster://127.0.0.1:7000"}, "Redis Cluster"),
+        ({"CELERY_BROKER_URL": "redis://127.0.0.1:7000/0?cluster=true"}, "Redis Cluster"),
+    ],
+)
+def test_it_refuses_sentinel_without_a_master_name_and_redis_cluster_with_a_reason(
+    values: dict[str, str], message: str
+) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "CELERY_BROKER_SENTINEL_MASTER"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=PROJECT_ROOT, env={**env, **values}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "ImproperlyConfigured" in last_line
+    assert message in last_line
