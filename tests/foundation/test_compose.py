@@ -7,8 +7,11 @@ management commands and queues that really exist in this project.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
+import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -198,8 +201,6 @@ def test_every_variable_compose_needs_is_in_the_committed_example_and_env_is_not
 
 
 def _tracked_files() -> list[str]:
-    import subprocess
-
     result = subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     return result.stdout.splitlines()
 
@@ -207,6 +208,7 @@ def _tracked_files() -> list[str]:
 # --- the monitoring profile: docker compose --profile monitoring up -------------------------------
 
 MONITORING = {name for name, service in SERVICES.items() if "monitoring" in service.get("profiles", [])}
+RABBITMQ = {name for name, service in SERVICES.items() if "rabbitmq" in service.get("profiles", [])}
 
 
 def bind_mounts(name: str) -> dict[str, str]:
@@ -222,7 +224,8 @@ def bind_mounts(name: str) -> dict[str, str]:
 
 def test_the_monitoring_profile_adds_prometheus_and_grafana_and_nothing_else_needs_it() -> None:
     assert {"prometheus", "grafana"} == MONITORING
-    assert all("profiles" not in service for name, service in SERVICES.items() if name not in MONITORING)
+    profiled = MONITORING | RABBITMQ
+    assert all("profiles" not in service for name, service in SERVICES.items() if name not in profiled)
 
 
 def test_prometheus_and_grafana_listen_on_localhost_only_and_refuse_to_start_without_a_password() -> None:
@@ -283,3 +286,79 @@ def test_grafana_is_provisioned_with_the_dashboard_and_a_datasource_that_logs_in
     assert f"basic_auth_users:\\n  {datasource['basicAuthUser']}:" in " ".join(SERVICES["prometheus"]["command"])
     assert datasource["secureJsonData"]["basicAuthPassword"] == "$PROMETHEUS_PASSWORD"
     assert SERVICES["grafana"]["environment"]["PROMETHEUS_PASSWORD"] == "${PROMETHEUS_PASSWORD:-}"
+
+
+# --- the rabbitmq profile: docker compose --profile rabbitmq up -----------------------------------
+
+
+def rabbitmq_start(password: str, broker_url: str) -> subprocess.CompletedProcess[str]:
+    """Run the rabbitmq service's start-up check with sh, as its container would, up to starting RabbitMQ."""
+    script = SERVICES["rabbitmq"]["command"][0].replace("$$", "$")
+    assert script.endswith("exec docker-entrypoint.sh rabbitmq-server")
+    script = script.removesuffix("exec docker-entrypoint.sh rabbitmq-server") + "echo rabbitmq-server starts"
+    env = {"PATH": os.environ["PATH"], "RABBITMQ_DEFAULT_PASS": password, "CELERY_BROKER_URL": broker_url}
+    return subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=10)
+
+
+def example_rabbitmq_url() -> str:
+    lines = (PROJECT_ROOT / ".env.example").read_text().splitlines()
+    [line] = [line for line in lines if line.startswith("# CELERY_BROKER_URL=amqp://")]
+    return line.removeprefix("# CELERY_BROKER_URL=")
+
+
+def test_the_rabbitmq_profile_adds_rabbitmq_only_and_the_app_follows_the_broker_url_in_env() -> None:
+    assert {"rabbitmq"} == RABBITMQ
+    assert SERVICES["web"]["environment"]["CELERY_BROKER_URL"] == "${CELERY_BROKER_URL:-redis://redis:6379/0}"
+    assert all(
+        SERVICES[name]["environment"]["CELERY_BROKER_URL"].startswith("${CELERY_BROKER_URL:-") for name in APP_SERVICES
+    )
+    # Web (and through it every other app process) waits for a healthy RabbitMQ when the profile is on.
+    assert SERVICES["web"]["depends_on"]["rabbitmq"] == {"condition": "service_healthy", "required": False}
+    assert SERVICES["rabbitmq"]["healthcheck"]["test"] == ["CMD", "rabbitmq-diagnostics", "-q", "ping"]
+    assert SERVICES["rabbitmq"]["restart"] == "unless-stopped"
+
+
+def test_rabbitmq_shows_its_management_ui_on_this_machine_only_and_keeps_amqp_inside() -> None:
+    rabbitmq = SERVICES["rabbitmq"]
+    assert "management" in rabbitmq["image"]
+    assert rabbitmq["ports"] == ["127.0.0.1:15672:15672"]
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"] == "${RABBITMQ_PASSWORD:-}"
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"] != "guest"
+
+
+def test_rabbitmq_keeps_its_quorum_queues_across_container_restarts() -> None:
+    rabbitmq = SERVICES["rabbitmq"]
+    assert any(volume.endswith(":/var/lib/rabbitmq") for volume in rabbitmq["volumes"])
+    assert rabbitmq["hostname"] == "rabbitmq"  # its data directory is named after the node, rabbit@<hostname>
+
+
+@pytest.mark.parametrize(
+    ("password", "broker_url", "said"),
+    [
+        ("", "amqp://backoffice:pw@rabbitmq:5672/backoffice", "set RABBITMQ_PASSWORD"),
+        ("pw", "", "set CELERY_BROKER_URL=amqp://"),
+        ("pw", "redis://redis:6379/0", "set CELERY_BROKER_URL=amqp://"),
+        ("pw", "amqp://backoffice:pw@elsewhere:5672/backoffice", "set CELERY_BROKER_URL=amqp://"),
+    ],
+)
+def test_rabbitmq_refuses_to_start_without_a_password_or_unless_the_app_uses_it(
+    password: str, broker_url: str, said: str
+) -> None:
+    result = rabbitmq_start(password, broker_url)
+    assert result.returncode == 1
+    assert said in result.stderr
+    assert "rabbitmq-server starts" not in result.stdout
+
+
+def test_rabbitmq_starts_with_the_example_broker_url_and_the_settings_accept_it() -> None:
+    url = example_rabbitmq_url().replace("<RABBITMQ_PASSWORD>", "pw")
+    assert "RABBITMQ_PASSWORD" in (PROJECT_ROOT / ".env.example").read_text()
+
+    started = rabbitmq_start("pw", url)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "rabbitmq-server starts"
+
+    env = {**os.environ, "CELERY_BROKER_URL": url}
+    script = "import django; django.setup(); from django.conf import settings; print(settings.BROKER_IS_RABBITMQ)"
+    checked = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    assert checked.stdout.strip() == "True", checked.stderr
