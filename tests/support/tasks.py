@@ -6,6 +6,7 @@ limit) to seconds in tests.
 
 from __future__ import annotations
 
+import os
 import time
 
 from celery import Task
@@ -48,4 +49,18 @@ def hangs_once(self: Task, seconds: float) -> str:
     """Sleeps on its first run only (a test kills the process running it), then finishes at once."""
     if self.request.retries == 0:
         time.sleep(seconds)
+    return "done"
+
+
+@celery_app.task(
+    name="tests.support.tasks.works_on_order",
+    subject=("orders.Order", "order_id"),
+    time_limit=120,
+    soft_time_limit=110,
+)
+def works_on_order(order_id: int, until_file: str) -> str:
+    """Runs, on an order, until the test creates `until_file` (at most 100 s): a task to look at while it runs."""
+    deadline = time.monotonic() + 100
+    while not os.path.exists(until_file) and time.monotonic() < deadline:
+        time.sleep(0.1)
     return "done"
