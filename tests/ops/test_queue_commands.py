@@ -13,11 +13,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django_celery_results.models import TaskResult
 
+from ops import queues
 from tests.orders.helpers import place, product
 from tests.support import tasks
 from tests.support.processes import PROJECT_ROOT, WorkerProcess, free_port, wait_for
 
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/s2"
+# bin/test's RabbitMQ (a vhost of its own per run), or the local server's default vhost.
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def manage(env: dict[str, str], *args: str, answer: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,19 +77,18 @@ def test_purge_queue_shows_the_count_asks_and_purges_only_when_told_on_every_bro
     assert "low_priority is empty; nothing to purge." in again.stdout
 
 
+@pytest.mark.rabbitmq
 def test_purge_queue_without_an_answer_or_yes_purges_nothing(broker) -> None:
-    from config import celery_app
-
-    for _ in range(2):
-        celery_app.send_task("tests.support.tasks.succeeds", queue="default")
+    enqueued = subprocess.run([sys.executable, "-c", ENQUEUE, "default", "2"], cwd=PROJECT_ROOT, timeout=120)
+    assert enqueued.returncode == 0
 
     closed = manage(dict(os.environ), "purge_queue", "default", answer="")
 
     assert closed.returncode == 1
     assert "CommandError: no answer to the confirmation (stdin is closed); pass --yes in scripts." in closed.stderr
-    assert broker.llen("default") == 2
+    assert queues.queue_depths(["default"]) == {"default": 2}
     assert "Purged 2 message(s)" in manage(dict(os.environ), "purge_queue", "default", "--yes").stdout
-    assert broker.llen("default") == 0
+    assert queues.queue_depths(["default"]) == {"default": 0}
 
 
 @pytest.mark.parametrize("queue", ["celery", "test@localhost.dq2", "high_priority "])
@@ -107,6 +108,7 @@ def test_the_commands_say_the_broker_is_down_without_a_traceback(command: tuple[
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
 def test_active_tasks_shows_each_workers_running_task_and_the_order_it_works_on(
     process_env: dict[str, str], broker, customer, tmp_path: Path
@@ -133,6 +135,7 @@ def test_active_tasks_shows_each_workers_running_task_and_the_order_it_works_on(
     assert f"on orders.Order {order.pk} {str(order)!r}" in listing
 
 
+@pytest.mark.rabbitmq
 def test_active_tasks_says_so_when_no_worker_answers(broker) -> None:
     out = StringIO()
     call_command("active_tasks", "--timeout", "0.5", stdout=out)
