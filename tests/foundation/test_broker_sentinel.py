@@ -85,3 +85,16 @@ def test_it_refuses_sentinel_without_a_master_name_and_redis_cluster_with_a_reas
     last_line = result.stderr.strip().splitlines()[-1]
     assert "ImproperlyConfigured" in last_line
     assert message in last_line
+
+
+def test_describe_setup_names_the_sentinel_master_and_shows_no_password(tmp_path) -> None:
+    url = "sentinel://:s3cret@10.0.0.1:26379/0;sentinel://:s3cret@10.0.0.2:26379/0"
+    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_BROKER_SENTINEL_MASTER": MASTER, "DATA_DIR": str(tmp_path)}
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "describe_setup"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"Redis through Sentinel, master {MASTER!r}, at sentinel://:***@10.0.0.1:26379/0;" in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr

@@ -8,7 +8,9 @@ from django.core.management.base import BaseCommand, CommandParser
 
 
 def redact(url: str) -> str:
-    """Drop the password from a URL so it can be printed."""
+    """Drop the password from a URL (from each of a broker's ";"-separated URLs) so it can be printed."""
+    if ";" in url:
+        return ";".join(redact(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
@@ -34,6 +36,10 @@ class Command(BaseCommand):
             broker_text = f"embedded file broker in {settings.CELERY_BROKER_TRANSPORT_OPTIONS['data_folder_in']}"
         elif settings.BROKER_IS_RABBITMQ:
             broker_text = f"RabbitMQ (quorum queues) at {redact(broker)}"
+        elif broker.startswith("sentinel://"):
+            broker_text = (
+                f"Redis through Sentinel, master {settings.CELERY_BROKER_SENTINEL_MASTER!r}, at {redact(broker)}"
+            )
         else:
             broker_text = f"Redis at {redact(broker)}"
         lines = []
