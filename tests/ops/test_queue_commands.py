@@ -145,3 +145,11 @@ def test_active_tasks_says_so_when_no_worker_answers(broker) -> None:
 def test_active_tasks_refuses_a_timeout_that_is_not_positive() -> None:
     with pytest.raises(CommandError, match="--timeout must be more than zero"):
         call_command("active_tasks", "--timeout", "0")
+
+
+@pytest.mark.parametrize(("command", "says"), [("active_tasks", "what each worker runs now"), ("purge_queue", "--yes")])
+def test_both_commands_have_help(command: str, says: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        call_command(command, "--help")
+    assert exited.value.code == 0
+    assert says in " ".join(capsys.readouterr().out.split())
