@@ -13,7 +13,7 @@ import redis
 from django_celery_results.models import TaskResult
 from kombu import Connection
 
-from tests.support.processes import PROJECT_ROOT, WorkerProcess, free_port
+from tests.support.processes import PROJECT_ROOT, WorkerProcess, free_port, wait_for
 from tests.support.servers import RedisServer, SentinelServer
 
 MASTER = "backoffice-test"
@@ -48,6 +48,48 @@ def test_a_real_worker_runs_a_task_through_sentinel(process_env: dict[str, str],
     # The queues live on the master the sentinel named, not on the suite's Redis.
     master = redis.Redis(port=sentinel.master.port)
     assert master.keys("_kombu.binding.*")
+
+
+def run_task(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "run_task", "ops.tasks.cleanup_failures", "--wait", "--timeout", "90"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+
+
+def test_a_worker_follows_a_sentinel_failover_and_keeps_taking_work(process_env: dict[str, str]) -> None:
+    with (
+        RedisServer() as master,
+        RedisServer(extra=["--replicaof", "127.0.0.1", str(master.port)]) as replica,
+        SentinelServer(master, MASTER) as sentinel,
+    ):
+        watcher = redis.Redis(port=sentinel.port, decode_responses=True)
+
+        def knows_the_replica() -> bool:
+            return any(
+                r["port"] == replica.port and "s_down" not in r["flags"] for r in watcher.sentinel_slaves(MASTER)
+            )
+
+        wait_for(knows_the_replica, 60, 0.2, "the sentinel to find the replica")
+        env = {**process_env, "CELERY_BROKER_URL": sentinel_url(sentinel), "CELERY_BROKER_SENTINEL_MASTER": MASTER}
+        with WorkerProcess(env) as worker:
+            worker.wait_started()
+            before = run_task(env)
+            assert before.returncode == 0, before.stderr + worker.output()[-3000:]
+
+            master.process.kill()  # a crash: the master is gone, the sentinel promotes the replica
+            master.process.wait()
+            wait_for(
+                lambda: watcher.sentinel_get_master_addr_by_name(MASTER) == ("127.0.0.1", replica.port),
+                60, 0.2, "the sentinel to promote the replica",
+            )  # fmt: skip
+
+            after = run_task(env)
+            assert after.returncode == 0, after.stderr + worker.output()[-3000:]
+            assert worker.alive()
+
+    done = TaskResult.objects.filter(task_name="ops.tasks.cleanup_failures", status="SUCCESS")
+    assert list(done.values_list("worker", flat=True)) == [worker.nodename, worker.nodename]
 
 
 def test_a_sentinel_channel_shares_one_redis_client_on_the_master(sentinel: SentinelServer) -> None:

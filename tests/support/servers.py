@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -40,10 +41,11 @@ services = _load_services()
 class RedisServer:
     """A redis-server of the test's own, on a port of its own, that the test can stop and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (apt-get install redis-server)"
         self.binary = binary
+        self.extra = list(extra)  # e.g. ["--replicaof", "127.0.0.1", "6379"]
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="test-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -55,7 +57,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir)],
+             "--dir", str(self.dir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url)
@@ -139,6 +141,8 @@ class SentinelServer:
         config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
             f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+            # Fail over within seconds of the master going down, for tests (30 s and 3 min by default).
+            f"sentinel down-after-milliseconds {self.name} 1000\nsentinel failover-timeout {self.name} 10000\n"
         )
         self.process = subprocess.Popen(
             [self.master.binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
