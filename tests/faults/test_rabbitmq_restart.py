@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 
 from config import celery_app
 from notifications.models import Notification
@@ -22,13 +21,17 @@ from tests.support.broker import RabbitMQBroker
 from tests.support.processes import WorkerProcess, wait_for
 from tests.support.servers import RabbitMQServer, WebProcess
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.rabbitmq]
+# RabbitMQ only: the suite's settings declare quorum queues only for an amqp:// broker.
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    pytest.mark.rabbitmq,
+    pytest.mark.only_on_broker("rabbitmq"),
+]
 
 
 @pytest.fixture
 def rabbitmq_shop(web_env: dict[str, str], smtp_server, customer) -> Iterator[Shop]:
-    if not settings.BROKER_IS_RABBITMQ:
-        pytest.skip("RabbitMQ only: the suite's settings declare quorum queues only for an amqp:// broker")
     with RabbitMQServer() as server:
         yield Shop.create(web_env, server, smtp_server, customer)
 

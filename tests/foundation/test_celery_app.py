@@ -65,9 +65,8 @@ def longest_time_limit() -> float:
     return max((task.time_limit or settings.CELERY_TASK_TIME_LIMIT) for name, task in celery_app.tasks.items())
 
 
+@pytest.mark.only_on_broker("redis")  # RabbitMQ has no visibility timeout
 def test_visibility_timeout_outlasts_every_retry_countdown_and_time_limit() -> None:
-    if settings.BROKER_IS_RABBITMQ:
-        pytest.skip("Redis only: RabbitMQ has no visibility timeout")
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
     longest_limit = longest_time_limit()
     assert timeout > settings.TASK_RETRY_BACKOFF_MAX
@@ -133,9 +132,8 @@ def _base_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in {"CELERY_RESULT_EXPIRES"}}
 
 
+@pytest.mark.only_on_broker("redis")  # ops/broker.py is the Redis transport
 def test_a_broker_channel_shares_one_redis_client_and_replaces_it_with_its_pool(broker) -> None:
-    if settings.BROKER_IS_RABBITMQ:
-        pytest.skip("Redis only: ops/broker.py is the Redis transport")
     with celery_app.connection_for_write() as connection:
         channel = connection.default_channel
         assert type(channel).__module__ == "ops.broker"
@@ -147,11 +145,10 @@ def test_a_broker_channel_shares_one_redis_client_and_replaces_it_with_its_pool(
             assert third is not first and third.connection_pool is channel.pool
 
 
+@pytest.mark.only_on_broker("rabbitmq")  # on Redis a worker holds a countdown until it is due
 @pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
 def test_on_rabbitmq_a_countdown_waits_in_the_broker_and_not_in_the_workers_memory(thread_worker, broker) -> None:
-    if not settings.BROKER_IS_RABBITMQ:
-        pytest.skip("RabbitMQ only: on Redis a worker holds a countdown until it is due")
     result = echo.apply_async(("later",), countdown=4)
 
     # Native delayed delivery: the message waits in RabbitMQ's delay queues...
