@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -298,6 +299,18 @@ PAYMENT_SANDBOX_DECLINE_RATE = env_float("PAYMENT_SANDBOX_DECLINE_RATE", 0.0, mi
 # once less than half is left. Longer than any single step, so a live task never
 # loses its order.
 ORDER_LEASE_TIMEOUT = env_duration("ORDER_LEASE_TIMEOUT", "2m")
+# Every call to the gateway or the carrier gives up after this long (a provider
+# adapter passes it to its HTTP client; the sandbox honours it). The threads pool
+# that runs orders enforces no task time limit, so this, not Celery, is what ends
+# a hung call, and the order's lease is what bounds the whole order: a call that
+# outlives the lease loses the order to the sweep's next task. Keep it under half
+# the lease, so that a step that waited the whole timeout still holds its order.
+PROVIDER_TIMEOUT = env_duration("PROVIDER_TIMEOUT", min(timedelta(seconds=10), ORDER_LEASE_TIMEOUT))
+if not timedelta(0) < PROVIDER_TIMEOUT <= ORDER_LEASE_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"PROVIDER_TIMEOUT={PROVIDER_TIMEOUT.total_seconds():g}s must be above 0 and at most "
+        f"ORDER_LEASE_TIMEOUT ({ORDER_LEASE_TIMEOUT.total_seconds():g}s)."
+    )
 # The sweep re-sends a pending order (or an expired lease) older than this.
 ORDER_REQUEUE_AFTER = env_duration("ORDER_REQUEUE_AFTER", "2m")
 # After this many claims an order is failed instead of tried again (a poison order).

@@ -2,6 +2,13 @@
 
 Both are called outside any database transaction, with an idempotency key, so a
 retry after a crash asks them again with the same key and gets the same answer.
+
+Every call must give up after settings.PROVIDER_TIMEOUT (an adapter passes it to
+its HTTP client, e.g. `timeout=settings.PROVIDER_TIMEOUT.total_seconds()`) and
+raise TransientProviderError when it does: orders run on a threads pool, where
+Celery's task time limits do not apply, so a call without a timeout of its own
+could hold a worker thread for ever (the order's lease would still hand the
+order to another task, after ORDER_LEASE_TIMEOUT).
 """
 
 from __future__ import annotations

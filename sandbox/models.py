@@ -44,6 +44,7 @@ class SandboxFault(models.Model):
         TRANSIENT = "transient", "Transient error (timeout)"
         DECLINE = "decline", "Permanent refusal (declined)"
         CRASH_AFTER = "crash_after", "Kill the worker process right after the operation succeeded"
+        HANG = "hang", "No answer: the call times out after PROVIDER_TIMEOUT"
 
     reference = models.CharField(max_length=255, help_text="Which order, e.g. order:42.")
     operation = models.CharField(max_length=8, choices=Operation.choices)

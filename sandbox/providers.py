@@ -48,8 +48,12 @@ def _wait_like_a_network_call() -> None:
 
 
 def _simulate_call(reference: str, operation: str, *, random_faults: bool) -> str | None:
-    """Wait like a network call, then raise a scripted or random failure. Returns a fault to apply after."""
-    _wait_like_a_network_call()
+    """Wait like a network call, then raise a scripted or random failure. Returns a fault to apply after.
+
+    Like a real provider's client, the call gives up after PROVIDER_TIMEOUT: a
+    provider that does not answer (the "hang" fault, or a latency at least that
+    long) costs the timeout and ends as a transient error, which the task retries.
+    """
     fault = _take_fault(reference, operation)
     if fault is None and random_faults:
         roll = random.random()  # noqa: S311 - simulated failures, not security
@@ -57,6 +61,13 @@ def _simulate_call(reference: str, operation: str, *, random_faults: bool) -> st
             fault = SandboxFault.Fault.TRANSIENT
         elif roll < settings.PAYMENT_SANDBOX_TRANSIENT_RATE + settings.PAYMENT_SANDBOX_DECLINE_RATE:
             fault = SandboxFault.Fault.DECLINE
+    timeout = settings.PROVIDER_TIMEOUT.total_seconds()
+    wait = timeout if fault == SandboxFault.Fault.HANG else settings.PAYMENT_SANDBOX_LATENCY_MS / 1000
+    if wait >= timeout:
+        time.sleep(timeout)
+        raise TransientProviderError(f"sandbox {operation} timed out: no answer within {timeout:g}s (PROVIDER_TIMEOUT)")
+    if wait:
+        time.sleep(wait)
     if fault == SandboxFault.Fault.TRANSIENT:
         raise TransientProviderError(f"sandbox {operation} timed out (gateway timeout)")
     if fault == SandboxFault.Fault.DECLINE:
