@@ -248,14 +248,65 @@ def children(pid: int) -> list[int]:
         return []
 
 
-class Worker(Process):
-    """`celery worker` as in production: prefork, the project's settings, all three queues."""
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One `celery worker` command line's choices: which queues, which pool, how many tasks at once."""
 
-    def __init__(self, env: dict[str, str], concurrency: int = 2, extra: Sequence[str] = ()) -> None:
+    queues: str = ALL_QUEUES
+    pool: str = "prefork"
+    concurrency: int = 2
+
+    @property
+    def label(self) -> str:
+        return f"{self.pool} -c {self.concurrency} ({self.queues})"
+
+
+# What the bench measured as "today's" configuration before issue 19: one prefork
+# worker, as many processes as cores, all three queues.
+PREFORK_TODAY = (WorkerSpec(ALL_QUEUES, "prefork", 2),)
+
+
+def shipped_workers(*services: str) -> tuple[WorkerSpec, ...]:
+    """The pool, concurrency and queues of compose's worker services, read from docker-compose.yml itself."""
+    import shlex
+
+    import yaml
+
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    specs = []
+    for service in services:
+        words = shlex.split(compose["services"][service]["command"])
+        specs.append(
+            WorkerSpec(
+                queues=words[words.index("-Q") + 1],
+                pool=words[words.index("-P") + 1],
+                concurrency=int(words[words.index("-c") + 1]),
+            )
+        )
+    return tuple(specs)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Worker(Process):
+    """`celery worker` as in production: the project's settings, the pool, concurrency and queues it is given."""
+
+    def __init__(
+        self, env: dict[str, str], concurrency: int = 2, extra: Sequence[str] = (), spec: WorkerSpec | None = None
+    ) -> None:
+        spec = spec or WorkerSpec(ALL_QUEUES, "prefork", concurrency)
+        self.spec = spec
         self.nodename = f"bench-{os.urandom(4).hex()}@localhost"
         args = [
-            sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ALL_QUEUES, "-c", str(concurrency),
-            "-P", "prefork", "-n", self.nodename, "--without-mingle", "--without-gossip", "--loglevel", "INFO", *extra,
+            sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", spec.queues, "-c", str(spec.concurrency),
+            "-P", spec.pool, "-n", self.nodename, "--without-mingle", "--without-gossip", "--loglevel", "INFO", *extra,
         ]  # fmt: skip
         super().__init__(args, env, "worker")
 
@@ -272,11 +323,20 @@ class Worker(Process):
         wait_until(ready, timeout, "the worker to start", 0.05)
         return self
 
+    def pids(self) -> list[int]:
+        assert self.popen is not None
+        return [self.popen.pid, *children(self.popen.pid)]
+
     def peak_rss_mb(self) -> dict[str, float]:
-        """Peak RSS of the main process and the largest pool child; read before stopping."""
+        """Peak RSS of the main process, the largest pool child and all of them; read before stopping."""
         assert self.popen is not None
         pool = [peak_rss_mb(child) for child in children(self.popen.pid)]
-        return {"main": round(peak_rss_mb(self.popen.pid), 1), "child": round(max(pool, default=0.0), 1)}
+        main = peak_rss_mb(self.popen.pid)
+        return {"main": round(main, 1), "child": round(max(pool, default=0.0), 1), "total": round(main + sum(pool), 1)}
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the main process and its live pool children so far; read before stopping."""
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
 
 @contextlib.contextmanager
@@ -286,6 +346,21 @@ def running_worker(env: dict[str, str], concurrency: int = 2, extra: Sequence[st
         yield worker.wait_ready()
     finally:
         worker.stop()
+
+
+@contextlib.contextmanager
+def running_workers(env: dict[str, str], specs: Sequence[WorkerSpec]) -> Iterator[list[Worker]]:
+    """Start one worker per spec (the processes of a configuration) and stop them all afterwards."""
+    workers: list[Worker] = []
+    try:
+        for spec in specs:
+            workers.append(Worker(env, spec=spec).start())
+        for worker in workers:
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 POSTFIX_SMTP_SINK = "/usr/sbin/smtp-sink"

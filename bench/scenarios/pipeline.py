@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-from bench.harness import flush_broker, log, median, reset_tables, running_worker, smtp_sink, wait_until
+from bench.harness import (
+    PREFORK_TODAY,
+    WorkerSpec,
+    flush_broker,
+    log,
+    median,
+    reset_tables,
+    running_workers,
+    smtp_sink,
+    wait_until,
+)
 
 ROUND_TIMEOUT = 900
 CUSTOMERS = 200
@@ -48,7 +59,14 @@ def place_orders(count: int, customer_ids: list[int], skus: list[str]) -> float:
     return count / (time.perf_counter() - started)
 
 
-def one_round(env: dict[str, str], count: int, settings_module: str) -> dict:
+def one_round(
+    env: dict[str, str],
+    count: int,
+    settings_module: str = "config.settings",
+    workers: Sequence[WorkerSpec] = PREFORK_TODAY,
+    latency_ms: int = 0,
+) -> dict:
+    """Place `count` orders, then let `workers` process them; orders/s, with the workers' RSS and CPU."""
     from django.db.models import Max, Min, Sum
 
     from notifications.models import Notification
@@ -62,24 +80,35 @@ def one_round(env: dict[str, str], count: int, settings_module: str) -> dict:
     customer_ids, skus = prepare_catalogue(count)
     placing = place_orders(count, customer_ids, skus)
     with smtp_sink(env) as sink:
-        worker_env = {**env, "EMAIL_URL": sink.url, "DJANGO_SETTINGS_MODULE": settings_module}
-        with running_worker(worker_env, 2) as worker:
+        worker_env = {
+            **env,
+            "EMAIL_URL": sink.url,
+            "DJANGO_SETTINGS_MODULE": settings_module,
+            "PAYMENT_SANDBOX_LATENCY_MS": str(latency_ms),
+        }
+        with running_workers(worker_env, workers) as started:
+            cpu_at_start = sum(worker.cpu_seconds() for worker in started)
             sent = Notification.objects.filter(status=Notification.Status.SENT)
             wait_until(lambda: sent.count() >= count, ROUND_TIMEOUT, f"{count} orders' emails", 0.25)
-            rss = worker.peak_rss_mb()
+            cpu = sum(worker.cpu_seconds() for worker in started) - cpu_at_start
+            rss = [worker.peak_rss_mb() for worker in started]
     completed = Order.objects.filter(status=Order.Status.COMPLETED).count()
     if completed != count:
         raise AssertionError(f"{completed} of {count} orders completed")
     began = OrderEvent.objects.filter(kind=OrderEvent.Kind.ATTEMPT).aggregate(t=Min("created_at"))["t"]
     ended = sent.aggregate(t=Max("sent_at"))["t"]
+    seconds = (ended - began).total_seconds()
     executions = (Order.objects.aggregate(n=Sum("attempts"))["n"] or 0) + (
         Notification.objects.aggregate(n=Sum("attempts"))["n"] or 0
     )
     return {
-        "orders_per_second": count / (ended - began).total_seconds(),
+        "orders_per_second": count / seconds,
         "tasks_per_order": executions / count,
         "placing_per_second": placing,
-        "rss": rss,
+        # One worker: its main process and largest child, as before; several: each one's.
+        "rss": rss[0] if len(rss) == 1 else rss,
+        "rss_total_mb": round(sum(r["total"] for r in rss), 1),
+        "cpu_ms_per_order": round(cpu * 1000 / count, 1),
     }
 
 
