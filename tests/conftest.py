@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.support.broker import RabbitMQBroker, RedisBroker, connect
-from tests.support.processes import PROJECT_ROOT, ManagedProcess, WorkerProcess
+from tests.support.processes import PIPELINE_WORKERS, PROJECT_ROOT, ManagedProcess, WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +138,27 @@ def start_worker_process(process_env: dict[str, str], broker: RedisBroker | Rabb
             return process.wait_ready(celery_app)
         except AssertionError:
             raise AssertionError(process.output()[-4000:]) from None
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_shipped_workers(process_env: dict[str, str], broker: RedisBroker | RabbitMQBroker, celery_app):
+    """Start the workers compose ships for orders and their emails (worker-default, worker-high), with extra env."""
+    started: list[WorkerProcess] = []
+
+    def start(*services: str, **env: str) -> list[WorkerProcess]:
+        processes = [WorkerProcess.shipped({**process_env, **env}, service) for service in services or PIPELINE_WORKERS]
+        for process in processes:
+            started.append(process.start())
+        for process in processes:
+            try:
+                process.wait_ready(celery_app)
+            except AssertionError:
+                raise AssertionError(process.output()[-4000:]) from None
+        return processes
 
     yield start
     for process in started:

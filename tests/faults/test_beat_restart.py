@@ -14,9 +14,15 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 def test_beat_killed_and_started_again_leads_at_once_and_its_sweeps_recover_orders_whose_messages_were_lost(
     shop: Shop,
 ) -> None:
-    with WebProcess(shop.env) as web, WorkerProcess(shop.env) as worker, BeatProcess(shop.env) as first:
+    with (
+        WebProcess(shop.env) as web,
+        WorkerProcess.shipped(shop.env, "worker-default") as worker,
+        WorkerProcess.shipped(shop.env, "worker-high") as emails,
+        BeatProcess(shop.env) as first,
+    ):
         web.wait_ready()
         worker.wait_started()
+        emails.wait_started()
         wait_for(lambda: "is the leader now" in first.output(), 30, 0.2, "beat to lead")
 
         # Orders saved while Redis is down; Redis comes back empty, so only a sweep can send them.

@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 def test_redis_stopped_under_load_and_restarted_empty_loses_nothing_and_the_same_workers_go_on(shop: Shop) -> None:
     with (
         WebProcess(shop.env) as web,
-        WorkerProcess(shop.env) as first,
-        WorkerProcess(shop.env) as second,
+        WorkerProcess.shipped(shop.env, "worker-default") as first,
+        WorkerProcess.shipped(shop.env, "worker-high") as second,
         BeatProcess(shop.env) as beat,
     ):
         web.wait_ready()
@@ -44,13 +44,18 @@ def test_redis_stopped_under_load_and_restarted_empty_loses_nothing_and_the_same
 
 
 def test_a_worker_holding_a_task_when_redis_stops_stays_up_and_consumes_again_once_redis_is_back(shop: Shop) -> None:
-    # A child is busy for seconds, so the main process holds an unacknowledged
-    # message while it waits on Redis for the next one: the state in which
-    # Celery 5.7.0 used to exit (see ops/broker.py).
+    # A thread is busy for seconds, so the worker holds an unacknowledged message
+    # while it waits on Redis for the next one: the state in which Celery 5.7.0
+    # used to exit (see ops/broker.py). The workers are the shipped ones.
     env = {**shop.env, "PAYMENT_SANDBOX_LATENCY_MS": "2000", "ORDER_LEASE_TIMEOUT": "4s"}
-    with WebProcess(env) as web, WorkerProcess(env, concurrency=2) as worker:
+    with (
+        WebProcess(env) as web,
+        WorkerProcess.shipped(env, "worker-default") as worker,
+        WorkerProcess.shipped(env, "worker-high") as emails,
+    ):
         web.wait_ready()
         worker.wait_started()
+        emails.wait_started()
         [held] = Customers(web.base_url, shop.session_key, shop.skus, clients=1, orders_each=1).start().wait()
         wait_for(lambda: Order.objects.get(pk=held).status == "processing", 30, 0.05, "the order to be processing")
 

@@ -1,4 +1,10 @@
-"""PostgreSQL restarted under a running worker: every worker process, the main one included, comes back to work."""
+"""PostgreSQL restarted under running workers: every worker process, the main one included, comes back to work.
+
+The orders and email workers ship on the threads pool: the first test runs them
+as shipped. Killing pool children is a prefork fault (reports and campaigns run
+on prefork), so the two tests after it keep prefork workers; on threads, its
+equivalent is the whole worker killed, which the first test does.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,40 @@ def kill_busy_children(shop: Shop, worker: WorkerProcess, ids: list[int]) -> Non
     )
     for child in worker.child_pids():
         os.kill(child, signal.SIGKILL)
+
+
+def test_postgresql_restarted_under_load_on_the_shipped_workers_loses_nothing_and_a_worker_killed_after_is_recovered(
+    shop: Shop, own_postgres: PostgresServer
+) -> None:
+    shop.move_to(own_postgres)
+    env = {**shop.env, "PAYMENT_SANDBOX_LATENCY_MS": "200"}  # threads are mostly waiting on the gateway
+    with (
+        WebProcess(env) as web,
+        WorkerProcess.shipped(env, "worker-default") as orders,
+        WorkerProcess.shipped(env, "worker-high") as emails,
+        BeatProcess(env) as beat,
+    ):
+        web.wait_ready()
+        orders.wait_started()
+        emails.wait_started()
+        customers = Customers(web.base_url, shop.session_key, shop.skus, clients=3, orders_each=15).start()
+
+        def after(placed: int) -> None:
+            wait_for(lambda: customers.count() >= placed, 60, 0.05, f"{placed} orders placed")
+
+        after(10)
+        shop.restart_postgres(own_postgres)  # every thread's connection dies, mid-order for some
+        after(25)
+        orders.kill_group()  # the whole worker lost: its leases expire and the sweep resends its orders
+        with WorkerProcess.shipped(env, "worker-default") as replacement:
+            replacement.wait_started()
+            ids = customers.wait()
+            wait_until_settled(shop, ids)
+            outputs = replacement.output() + emails.output()
+        for process in (emails, beat):
+            assert process.alive(), process.output()[-3000:]
+    assert_each_order_done_once(shop, ids)
+    assert "Unrecoverable error" not in outputs
 
 
 def test_a_worker_whose_children_die_after_postgresql_restarted_goes_on_processing(

@@ -115,6 +115,42 @@ def test_each_queue_class_has_its_own_worker_whose_health_check_asks_whether_it_
     assert health == f"python manage.py worker_status {nodename.split('@')[0]}@$$HOSTNAME"
 
 
+# Issue 19: each queue class gets the pool that fits its work (README "Worker pools").
+SHIPPED_POOLS = {"worker-high": "threads", "worker-default": "threads", "worker-low": "prefork"}
+
+
+def worker_options(command: str) -> dict[str, str]:
+    words = shlex.split(command)
+    return {flag: words[words.index(flag) + 1] for flag in ("-Q", "-P", "-c", "-n")}
+
+
+@pytest.mark.parametrize(("name", "pool"), SHIPPED_POOLS.items())
+def test_each_queue_class_runs_on_the_pool_that_fits_its_work_with_the_reason_beside_it(name: str, pool: str) -> None:
+    options = worker_options(SERVICES[name]["command"])
+    assert options["-P"] == pool
+    assert int(options["-c"]) >= (8 if pool == "threads" else 1)
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    block = text[text.index(f"  {name}:") :].split("command:")[0]
+    assert "bound" in block, f"say why {name} runs {pool} in a comment above its command"
+
+
+def test_make_run_starts_the_workers_compose_ships_for_each_queue_class() -> None:
+    procfile = {
+        name: command
+        for name, _, command in (
+            line.partition(": ") for line in (PROJECT_ROOT / "Procfile.dev").read_text().splitlines()
+        )
+        if not name.startswith("#")
+    }
+    orders, low = worker_options(procfile["worker"]), worker_options(procfile["worker-low"])
+    default = worker_options(SERVICES["worker-default"]["command"])
+    assert set(orders["-Q"].split(",")) == {"default", "high_priority"}
+    assert (orders["-P"], orders["-c"]) == (default["-P"], default["-c"])
+    assert {key: low[key] for key in ("-Q", "-P", "-c")} == {
+        key: value for key, value in worker_options(SERVICES["worker-low"]["command"]).items() if key != "-n"
+    }
+
+
 def test_every_app_process_is_started_again_when_it_exits() -> None:
     for name in [*APP_SERVICES, "postgres", "redis"]:
         assert SERVICES[name]["restart"] == "unless-stopped", name

@@ -206,3 +206,86 @@ def test_a_whole_worker_killed_mid_order_is_recovered_by_the_sweep_once_the_leas
     # On RabbitMQ the dead worker's connection closes and its unacknowledged message is
     # delivered again at once: the broker may bring the order back before the sweep
     # does, and the lease keeps the two to one run.
+
+
+# --- the shipped worker configuration (compose's worker-default and worker-high) ------------------
+
+
+def test_a_hung_provider_call_ends_at_its_timeout_and_the_order_is_retried_on_the_shipped_pool(
+    start_shipped_workers, customer
+) -> None:
+    # The threads pool enforces no task time limit: only the call's own timeout ends it.
+    [orders_worker, _] = start_shipped_workers(PROVIDER_TIMEOUT="2s")
+    assert "-P threads" in " ".join(orders_worker.args)  # what compose ships for orders
+    mug = product(stock=5)
+    with transaction.atomic():
+        order = place(customer, (mug, 1))
+        fault(order, "charge", "hang")
+
+    assert status_of(order, timeout=90).status == "completed"
+    [retry] = order.events.filter(kind="retry")
+    assert "no answer within 2s" in retry.message
+    assert len(ledger(order)) == 1
+    assert stock_of(mug) == 4
+    attempts = order.events.filter(kind="attempt")
+    assert attempts.count() == 2 and attempts.values("task_id").distinct().count() == 1
+
+
+def test_a_whole_shipped_worker_killed_mid_order_is_recovered_by_the_sweep_and_charged_once(
+    start_shipped_workers, customer
+) -> None:
+    # A threads worker has no child to lose: the equivalent of a child SIGKILLed is the whole worker.
+    timing = {"PAYMENT_SANDBOX_LATENCY_MS": "2000", "ORDER_LEASE_TIMEOUT": "4s", "ORDER_REQUEUE_AFTER": "1s"}
+    [doomed] = start_shipped_workers("worker-default", **timing)
+    mug = product(stock=5)
+    with transaction.atomic():
+        order = place(customer, (mug, 1))
+    wait_for(lambda: Payment.objects.filter(order=order).exists(), 30, 0.05, "the payment intent")
+    doomed.kill_group()
+
+    start_shipped_workers("worker-default", **timing)
+
+    def swept_and_done() -> bool:
+        celery_app.send_task("orders.tasks.check_pending_orders")
+        time.sleep(1)
+        order.refresh_from_db()
+        return order.status == "completed"
+
+    wait_for(swept_and_done, 60, 0, "the sweep to bring the order back")
+    assert len(ledger(order)) == 1
+    assert stock_of(mug) == 4
+
+
+def test_the_shipped_orders_pool_at_full_concurrency_stays_within_its_database_connection_bound(
+    start_shipped_workers, customer
+) -> None:
+    """Every thread keeps one connection, and the worker no more than that: concurrency + 1 (README "Worker pools")."""
+    from django.db import connection
+
+    from tests.support.processes import shipped_worker
+
+    concurrency = shipped_worker("worker-default")["concurrency"]
+    [worker] = start_shipped_workers("worker-default", PAYMENT_SANDBOX_LATENCY_MS="1000")
+    mug = product(stock=10_000)
+    with transaction.atomic():
+        orders = [place(customer, (mug, 1)) for _ in range(2 * concurrency)]
+
+    def connections_of_others() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    peak_busy = peak_connections = 0
+    deadline = time.monotonic() + 120
+    while Order.objects.filter(status="completed").count() < len(orders):
+        assert time.monotonic() < deadline, "the orders did not complete"
+        peak_busy = max(peak_busy, Order.objects.filter(status="processing").count())
+        peak_connections = max(peak_connections, connections_of_others())
+        time.sleep(0.05)
+
+    assert peak_busy == concurrency  # every thread had an order at once
+    assert concurrency <= peak_connections <= concurrency + 1
+    assert "too many clients" not in worker.output()
+    assert all(len(ledger(order)) == 1 for order in orders)

@@ -109,6 +109,25 @@ def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "config", *args]
 
 
+def shipped_worker(service: str) -> dict[str, object]:
+    """The queues, pool and concurrency compose ships for a worker service (e.g. worker-default), from its command."""
+    import shlex
+
+    import yaml
+
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    words = shlex.split(compose["services"][service]["command"])
+    return {
+        "queues": words[words.index("-Q") + 1],
+        "pool": words[words.index("-P") + 1],
+        "concurrency": int(words[words.index("-c") + 1]),
+    }
+
+
+# The worker services that run orders and their emails; the fault suite runs them as shipped.
+PIPELINE_WORKERS = ("worker-default", "worker-high")
+
+
 class WorkerProcess(ManagedProcess):
     """`celery worker` as a real process (prefork unless told otherwise)."""
 
@@ -126,6 +145,11 @@ class WorkerProcess(ManagedProcess):
             "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra,
         )  # fmt: skip
         super().__init__(args, env, label="worker")
+
+    @classmethod
+    def shipped(cls, env: dict[str, str], service: str) -> WorkerProcess:
+        """A worker as compose runs `service` (queues, pool and concurrency from docker-compose.yml)."""
+        return cls(env, **shipped_worker(service))  # type: ignore[arg-type]
 
     def wait_ready(self, app: object, timeout: float = 60) -> WorkerProcess:
         def answered() -> bool:
