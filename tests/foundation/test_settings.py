@@ -51,6 +51,8 @@ def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         ({"WORKER_METRICS_PORT": "70000"}, "WORKER_METRICS_PORT"),
         ({"WORKER_METRICS_PORT": "http"}, "WORKER_METRICS_PORT"),
         ({"WORKER_METRICS_PORT": "9808", "WORKER_METRICS_HOST": "10.0.0.5"}, "WORKER_METRICS_HOST"),  # no token
+        ({"PROVIDER_TIMEOUT": "5m"}, "PROVIDER_TIMEOUT"),  # longer than the order's lease (2m)
+        ({"PROVIDER_TIMEOUT": "0s"}, "PROVIDER_TIMEOUT"),
     ],
 )
 def test_it_refuses_to_start_with_a_bad_value_and_names_the_variable(
