@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = configurations.run(env, options.quick)
         out = options.output.with_name("configurations.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=2) + "\n")
         print(configurations.table(rows))
         print(f"\nJSON: {out}")

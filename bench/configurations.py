@@ -9,6 +9,8 @@ their emails in two workers, as compose does (worker-default, worker-high).
 
 from __future__ import annotations
 
+import os
+
 from bench.harness import ALL_QUEUES, PREFORK_TODAY, WorkerSpec, log, median, shipped_workers
 from bench.scenarios import pipeline
 
@@ -26,13 +28,19 @@ CONFIGURATIONS: dict[str, tuple[WorkerSpec, ...]] = {
     "threads -c 16, all queues": (WorkerSpec(ALL_QUEUES, "threads", 16),),
     "threads split, orders -c 16 / emails -c 8": split("threads", 16, 8),
     "threads split, orders -c 32 / emails -c 8": split("threads", 32, 8),
+    "threads split, orders 2 processes × -c 16 / emails -c 8": (
+        WorkerSpec("default", "threads", 16),
+        *split("threads", 16, 8),
+    ),
 }
+# BENCH_CONFIGURATIONS="name;name" runs only those (e.g. to compare two of them again).
+ONLY = [name for name in os.environ.get("BENCH_CONFIGURATIONS", "").split(";") if name]
 
 
 def run(env: dict[str, str], quick: bool) -> list[dict]:
-    count = 150 if quick else 600
+    count = int(os.environ.get("BENCH_CONFIGURATION_ORDERS", 150 if quick else 600))
     shipped = shipped_workers("worker-default", "worker-high")
-    configurations = {**CONFIGURATIONS}
+    configurations = {name: specs for name, specs in CONFIGURATIONS.items() if not ONLY or name in ONLY}
     if shipped not in configurations.values():
         configurations["shipped (compose)"] = shipped
     rows = []

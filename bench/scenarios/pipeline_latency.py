@@ -27,7 +27,7 @@ SHIPPED_SERVICES = ("worker-default", "worker-high")
 
 
 def run(env: dict[str, str], quick: bool) -> dict:
-    count, rounds = (200, 1) if quick else (2000, 3)
+    count, rounds = (150, 1) if quick else (2000, 3)
     shipped = shipped_workers(*SHIPPED_SERVICES)
     today: list[dict] = []
     slow: list[dict] = []
