@@ -33,6 +33,10 @@ CONFIGURATIONS: dict[str, tuple[WorkerSpec, ...]] = {
         *split("threads", 16, 8),
     ),
 }
+# gevent is not a dependency of the project; to try it, install it apart
+# (pip install --target DIR gevent) and point BENCH_GEVENT_PATH at DIR.
+if os.environ.get("BENCH_GEVENT_PATH"):
+    CONFIGURATIONS["gevent split, orders -c 64 / emails -c 16"] = split("gevent", 64, 16)
 # BENCH_CONFIGURATIONS="name;name" runs only those (e.g. to compare two of them again).
 ONLY = [name for name in os.environ.get("BENCH_CONFIGURATIONS", "").split(";") if name]
 
@@ -46,8 +50,9 @@ def run(env: dict[str, str], quick: bool) -> list[dict]:
     rows = []
     for name, specs in configurations.items():
         row: dict = {"configuration": name, "workers": [spec.label for spec in specs]}
+        gevent = {"PYTHONPATH": os.environ["BENCH_GEVENT_PATH"]} if any(s.pool == "gevent" for s in specs) else {}
         for latency in LATENCIES_MS:
-            result = pipeline.one_round(env, count, workers=specs, latency_ms=latency)
+            result = pipeline.one_round({**env, **gevent}, count, workers=specs, latency_ms=latency)
             row[f"orders_per_second_{latency}ms"] = round(result["orders_per_second"], 1)
             row[f"rss_total_mb_{latency}ms"] = result["rss_total_mb"]
             row[f"cpu_ms_per_order_{latency}ms"] = result["cpu_ms_per_order"]
