@@ -138,8 +138,13 @@ class BeatLeadership:
             logger.warning("beat %s could not record its heartbeat: %s", self.node, exc)
 
     def forget_old_beats(self) -> None:
-        """Drop heartbeat rows of beat processes that are long gone."""
-        BeatHeartbeat.objects.filter(seen_at__lt=timezone.now() - timedelta(hours=1)).delete()
+        """Drop heartbeat rows of beat processes that are long gone (housekeeping: never fatal)."""
+        try:
+            BeatHeartbeat.objects.filter(seen_at__lt=timezone.now() - timedelta(hours=1)).delete()
+        except DatabaseError as exc:
+            # A leader that takes over after PostgreSQL restarted can find Django's
+            # connection dead here; like a heartbeat, this must not kill beat.
+            logger.warning("beat %s could not forget old beats: %s", self.node, exc)
 
 
 def guard(scheduler: Any, leadership: BeatLeadership) -> None:
