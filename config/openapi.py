@@ -321,6 +321,25 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/reports/{report_id}/cancel/": {
+        "post": {
+            "summary": "Cancel a pending or running report (reports.cancel_report)",
+            "description": (
+                "Its slices that have not started are revoked, running ones stop at their next check, and the "
+                "report ends cancelled, with no files."
+            ),
+            "tags": ["reports"],
+            "security": UNSAFE,
+            "parameters": [REPORT_ID],
+            "responses": {
+                "200": _json(_ref("Report"), "Cancelled."),
+                "403": FORBIDDEN,
+                "404": _error("No such report."),
+                "409": _error("It is done, failed or cancelled already; the message says so."),
+                **COMMON,
+            },
+        }
+    },
     "/api/campaigns/{campaign_id}/": {
         "get": {
             "summary": "A campaign's progress (notifications.view_campaign)",

@@ -325,6 +325,20 @@ ORDER_MAX_BODY_BYTES = env_int("ORDER_MAX_BODY_BYTES", 16 * 1024, minimum=256)
 REPORT_SLICE_DAYS = env_int("REPORT_SLICE_DAYS", 7, minimum=1)
 # The longest custom range staff may ask for.
 REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366, minimum=1)
+# A slice stops cleanly at its soft time limit and is re-queued; the hard limit
+# (soft plus a minute, or twice the soft limit when that is shorter) kills it.
+REPORT_SLICE_SOFT_TIME_LIMIT = env_int("REPORT_SLICE_SOFT_TIME_LIMIT", 300, minimum=1)
+REPORT_SLICE_TIME_LIMIT = REPORT_SLICE_SOFT_TIME_LIMIT + min(60, REPORT_SLICE_SOFT_TIME_LIMIT)
+# The sweep re-sends a report (or a slice) still waiting after this long, and
+# finishes a report whose slices all finished this long ago but that is not done.
+REPORT_REQUEUE_AFTER = env_duration("REPORT_REQUEUE_AFTER", "2m")
+# A report whose generation, finish or any slice was started this many times
+# without finishing (lost workers, time limits) is failed instead of tried again.
+REPORT_MAX_ATTEMPTS = env_int("REPORT_MAX_ATTEMPTS", 4, minimum=1)
+# Fault tests only: a dotted path to a function that every slice calls once it
+# holds its claim, with (report_id, slice start, attempt, checkpoint); it can be
+# slow, ignore time limits or kill its process. Empty (the default) in every deployment.
+REPORT_SLICE_TEST_HOOK = env_str("REPORT_SLICE_TEST_HOOK", "")
 
 # --- Operations -------------------------------------------------------------
 # Beat counts as dead when its leader's heartbeat is older than this.

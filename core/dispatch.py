@@ -73,9 +73,32 @@ def send_on_commit(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] |
     transaction.on_commit(partial(send, name, args, kwargs, **options), robust=True)
 
 
-def signature(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> Signature:
-    """A signature of task `name`, for a group or a chord."""
-    return task(name).signature(args, kwargs)
+def signature(
+    name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *, immutable: bool = False
+) -> Signature:
+    """A signature of task `name`, for a group, a chord or a link; an immutable one ignores its parent's result."""
+    return task(name).signature(args, kwargs, immutable=immutable)
+
+
+def send_signature(signature: Signature, args: Sequence[Any] = (), *, about: str) -> bool:
+    """Send one signature (with its links), `args` before its own; False, logged, when the broker cannot take it."""
+    return _send_canvas(signature, about, args)
+
+
+def revoke(task_ids: Sequence[str], *, about: str) -> bool:
+    """Ask every worker never to start these tasks (they keep revoked ids in CELERY_WORKER_STATE_DB across restarts).
+
+    False, logged, when the broker cannot take the broadcast: the work's own rows
+    must stop it anyway (a revoke is a shortcut, never the only guard).
+    """
+    if not task_ids:
+        return True
+    try:
+        celery_app.control.revoke(list(task_ids))
+    except BROKER_ERRORS as exc:
+        logger.warning("broker unavailable, %s not revoked: %s", about, exc)
+        return False
+    return True
 
 
 def send_group(signatures: Iterable[Signature], *, about: str) -> bool:
@@ -83,14 +106,32 @@ def send_group(signatures: Iterable[Signature], *, about: str) -> bool:
     return _send_canvas(group(signatures), about)
 
 
-def send_chord(header: Iterable[Signature], body: Signature, *, about: str) -> bool:
-    """Send a chord: `body` runs with the header's results once all of them finished; False when the broker is down."""
-    return _send_canvas(chord(header, body), about)
+def send_chord(header: Iterable[Signature], body: Signature, *, about: str) -> str | None:
+    """Send a chord: `body` runs with the header's results once all of them finished.
+
+    Returns the id of the header's group (its chord counter), with which the
+    sender can call the chord off later (forget_chord); None when the broker is down.
+    """
+    canvas = chord(list(header), body)
+    canvas.freeze()  # fixes the ids now, so that the group id is known before sending
+    group_id = canvas.tasks.options["task_id"]
+    return group_id if _send_canvas(canvas, about) else None
 
 
-def _send_canvas(canvas: Signature, about: str) -> bool:
+def forget_chord(group_id: str) -> None:
+    """Call off a chord's body: its counter goes, so the header's remaining parts neither count nor trigger it.
+
+    For work cancelled on purpose: its revoked parts would otherwise end the chord
+    in a ChordError, a failure of the body that nobody should have to replay.
+    """
+    from django_celery_results.models import ChordCounter
+
+    ChordCounter.objects.filter(group_id=group_id).delete()
+
+
+def _send_canvas(canvas: Signature, about: str, args: Sequence[Any] = ()) -> bool:
     try:
-        canvas.apply_async()
+        canvas.apply_async(tuple(args))
     except BROKER_ERRORS as exc:
         logger.warning("broker unavailable, %s not sent; its sweep sends it later: %s", about, exc)
         return False

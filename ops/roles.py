@@ -82,10 +82,11 @@ ROLES = (
     ),
     Role(
         "Finance",
-        "Reads sales reports and downloads their files, asks for custom ranges and regenerates reports; "
+        "Reads sales reports and downloads their files, asks for custom ranges, regenerates and cancels reports; "
         "reads orders and payments.",
         (
             "reports.request_report",
+            "reports.cancel_report",
             *_model_perms("reports.report", "view", "change"),  # change: Regenerate
             *_model_perms("orders.order", "view"),
             *_model_perms("orders.payment", "view"),

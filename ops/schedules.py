@@ -51,6 +51,12 @@ DEFAULTS = [
         expire_seconds=50, every_seconds=MINUTE,
     ),
     DefaultSchedule(
+        "Reports: re-send stuck reports", "reports.tasks.check_stuck_reports",
+        "Re-send reports and slices whose task was lost, finish reports whose slices are all done, "
+        "fail the ones started too often.",
+        expire_seconds=50, every_seconds=MINUTE,
+    ),
+    DefaultSchedule(
         "Notifications: delete old emails", "notifications.tasks.cleanup_notifications",
         "Delete sent and expired emails older than NOTIFICATION_RETENTION.",
         expire_seconds=50 * MINUTE, crontab={"minute": "17"},

@@ -1,4 +1,4 @@
-"""Staff view of reports: filters, chart thumbnails, downloads and a Regenerate action."""
+"""Staff view of reports: filters, chart thumbnails, downloads, their slices, and the Regenerate and Cancel actions."""
 
 from __future__ import annotations
 
@@ -10,9 +10,31 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from core.admin_links import task_id_html, task_result_links
+from core.errors import Refused
 from core.formats import money
-from reports.models import Report
-from reports.services import requesting
+from reports.models import Report, ReportSlice
+from reports.services import cancelling, requesting
+
+
+class ReportSliceInline(admin.TabularInline):
+    model = ReportSlice
+    fields = (
+        "period_start",
+        "period_end",
+        "status",
+        "attempts",
+        "lease_owner",
+        "lease_expires_at",
+        "last_error",
+        "finished_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Report)
@@ -31,12 +53,14 @@ class ReportAdmin(admin.ModelAdmin):
     list_filter = ("kind", "status", "period_start", "created_at")
     date_hierarchy = "period_start"
     search_fields = ("=id", "requested_by__username")
-    actions = ("regenerate",)
+    actions = ("regenerate", "cancel")
+    inlines = (ReportSliceInline,)
     readonly_fields = (
         "kind", "period_start", "period_end", "status", "progress", "requested_by", "summary", "error",
-        "thumbnail", "download", "task", "slices_total", "slices_done", "created_at", "started_at", "finished_at",
+        "thumbnail", "download", "task", "slices_total", "slices_done", "attempts", "finish_attempts", "lease_owner",
+        "lease_expires_at", "queued_at", "cancelled_by", "created_at", "started_at", "finished_at",
     )  # fmt: skip
-    exclude = ("csv_file", "chart", "task_id")
+    exclude = ("csv_file", "chart", "task_id", "chord_id")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # reports are requested at /reports/new/ or by beat
@@ -62,14 +86,39 @@ class ReportAdmin(admin.ModelAdmin):
     def task(self, report: Report) -> SafeString | str:
         return task_id_html(report.task_id, task_result_links([report.task_id]))
 
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("reports.cancel_report")
+
     @admin.action(description="Regenerate", permissions=["change"])
     def regenerate(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
-        started = 0
+        started, busy = 0, []
         for report in queryset:
-            if requesting.regenerate(report.pk, requested_by_id=request.user.pk).status == Report.Status.PENDING:
+            if requesting.regenerate(report.pk, requested_by_id=request.user.pk):
                 started += 1
-        self.message_user(
-            request, f"Regenerating {started} report(s); the files are replaced when done.", messages.SUCCESS
-        )
-        if skipped := queryset.count() - started:
-            self.message_user(request, f"Skipped {skipped} already being generated.", messages.WARNING)
+            else:
+                busy.append(str(report))
+        if started:
+            self.message_user(
+                request, f"Regenerating {started} report(s); the files are replaced when done.", messages.SUCCESS
+            )
+        if busy:
+            self.message_user(
+                request,
+                f"Nothing sent for {len(busy)} report(s) still pending or running ({', '.join(busy)}): cancel them "
+                "first, or let the sweep re-send them if they are stuck.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Cancel selected reports", permissions=["cancel"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
+        cancelled, refused = 0, []
+        for report in queryset:
+            try:
+                cancelling.cancel_report(report.pk, actor_id=request.user.pk)
+                cancelled += 1
+            except Refused as exc:
+                refused.append(str(exc))
+        if cancelled:
+            self.message_user(request, f"Cancelled {cancelled} report(s); their slices stop.", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)

@@ -4,39 +4,74 @@ from __future__ import annotations
 
 from datetime import date
 
-from celery import Task, shared_task
+from celery import shared_task
+from django.conf import settings
 
+from core.base_task import ProjectTask
 from reports.models import Report
-from reports.services import generation, requesting
+from reports.services import emails, generation, requesting, sweeps
+
+SUBJECT = ("reports.Report", "report_id")
+CANCEL = "reports.services.cancelling.cancel_report"
 
 
 @shared_task(
-    bind=True, name="reports.tasks.generate_report", soft_time_limit=600, time_limit=660,
-    subject=("reports.Report", "report_id"), retry_with="reports.services.requesting.retry_generation",
-)  # fmt: skip
-def generate_report(self: Task, report_id: int) -> str:
-    """Generate a pending report: inline for one slice, a chord of slices for more."""
+    bind=True,
+    name="reports.tasks.generate_report",
+    soft_time_limit=generation.GENERATE_SOFT_TIME_LIMIT,
+    time_limit=generation.GENERATE_TIME_LIMIT,
+    subject=SUBJECT,
+    retry_with="reports.services.requesting.retry_generation",
+    cancel_with=CANCEL,
+)
+def generate_report(self: ProjectTask, report_id: int) -> str:
+    """Claim a pending report and send its slices as a chord whose body finishes it."""
     return generation.generate_report(report_id, task_id=self.request.id)
 
 
 @shared_task(
-    bind=True, name="reports.tasks.aggregate_report_slice", soft_time_limit=300, time_limit=360,
-    subject=("reports.Report", "report_id"),
-)  # fmt: skip
-def aggregate_report_slice(self: Task, report_id: int, start: str, end: str) -> dict:
-    """One slice's partial aggregates, with progress reported as it finishes."""
-    figures = generation.aggregate_slice(report_id, date.fromisoformat(start), date.fromisoformat(end))
+    bind=True,
+    name="reports.tasks.aggregate_report_slice",
+    soft_time_limit=settings.REPORT_SLICE_SOFT_TIME_LIMIT,
+    time_limit=settings.REPORT_SLICE_TIME_LIMIT,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    subject=SUBJECT,
+    cancel_with=CANCEL,
+)
+def aggregate_report_slice(self: ProjectTask, report_id: int, start: str, end: str) -> dict:
+    """Aggregate one slice onto its row; re-queued at its soft time limit, stopped when the report is cancelled."""
+    first, last = date.fromisoformat(start), date.fromisoformat(end)
+    outcome = self.call_service(generation.run_slice, report_id, first, last)
     self.update_state(state="PROGRESS", meta={"report": report_id, "slice": [start, end]})
-    return figures
+    # The figures are on the slice's row; the chord's results only say what happened.
+    return {"slice": [start, end], "outcome": outcome}
 
 
 @shared_task(
-    name="reports.tasks.finish_report", soft_time_limit=300, time_limit=360, subject=("reports.Report", "report_id")
+    bind=True,
+    name="reports.tasks.finish_report",
+    soft_time_limit=generation.FINISH_SOFT_TIME_LIMIT,
+    time_limit=generation.FINISH_TIME_LIMIT,
+    subject=SUBJECT,
+    cancel_with=CANCEL,
 )
-def finish_report(partials: list[dict], report_id: int) -> str:
-    """The chord's callback: merge the slices, write the CSV and chart, mark the report done."""
-    generation.finish(report_id, partials)
-    return "done"
+def finish_report(self: ProjectTask, _results: object, report_id: int) -> str:
+    """The chord's body (or the sweep's): merge the slice rows, write the CSV and chart, mark the report done."""
+    return generation.finish(report_id, task_id=self.request.id)
+
+
+@shared_task(name="reports.tasks.notify_report_ready", soft_time_limit=30, time_limit=60, subject=SUBJECT)
+def notify_report_ready(report_id: int) -> str:
+    """finish_report's link: email whoever asked for the report a link to it (once, through the outbox)."""
+    return "queued" if emails.notify_report_ready(report_id) is not None else "nobody to tell"
+
+
+@shared_task(name="reports.tasks.check_stuck_reports", soft_time_limit=50, time_limit=60)
+def check_stuck_reports() -> int:
+    """Re-send reports and slices whose task was lost, finish the ones the chord left, fail the hopeless."""
+    return sweeps.requeue_stuck_reports()
 
 
 @shared_task(name="reports.tasks.generate_daily_report", soft_time_limit=60, time_limit=90)

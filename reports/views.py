@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
@@ -13,9 +14,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from config.api import ApiError, api_view, json_error, read_json
+from core.errors import Refused
 from reports.forms import ReportRangeForm
 from reports.models import Report
-from reports.services import requesting
+from reports.services import cancelling, requesting
 
 
 def report_json(report: Report) -> dict[str, object]:
@@ -37,6 +39,7 @@ def report_json(report: Report) -> dict[str, object]:
 
 VIEW = "reports.view_report"
 REQUEST = "reports.request_report"
+CANCEL = "reports.cancel_report"
 
 
 def staff_page(permission: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
@@ -71,7 +74,23 @@ def report_new(request: HttpRequest) -> HttpResponse:
 @staff_page(VIEW)
 def report_detail(request: HttpRequest, report_id: int) -> HttpResponse:
     report = get_object_or_404(Report, pk=report_id)
-    return render(request, "reports/report_detail.html", {"report": report, "data": report_json(report)})
+    can_cancel = not report.is_final and request.user.has_perm(CANCEL)
+    context = {"report": report, "data": report_json(report), "can_cancel": can_cancel}
+    return render(request, "reports/report_detail.html", context)
+
+
+@staff_page(CANCEL)
+@require_http_methods(["POST"])
+def report_cancel(request: HttpRequest, report_id: int) -> HttpResponse:
+    """The report page's Cancel button: stop a pending or running report, then show it again."""
+    report = get_object_or_404(Report, pk=report_id)
+    try:
+        cancelling.cancel_report(report.pk, actor_id=request.user.pk)
+    except Refused as exc:
+        messages.warning(request, str(exc))
+    else:
+        messages.success(request, "The report was cancelled; its slices stop.")
+    return redirect("reports:detail", report_id=report.pk)
 
 
 def _stored_file(report: Report, field: str) -> FileResponse:
@@ -137,3 +156,15 @@ def api_request_report(request: HttpRequest) -> HttpResponse:
     response = JsonResponse({**report_json(report), "url": url}, status=202)
     response["Location"] = url
     return response
+
+
+@api_view(methods=("POST",), permission=CANCEL)
+def api_cancel_report(request: HttpRequest, report_id: int) -> HttpResponse:
+    """POST /api/reports/<id>/cancel/ → 200 with the report (now cancelled), 404, or 409 with the reason."""
+    if not Report.objects.filter(pk=report_id).exists():
+        return json_error(404, "No such report.")
+    try:
+        report = cancelling.cancel_report(report_id, actor_id=request.user.pk)
+    except Refused as exc:
+        return json_error(409, str(exc))
+    return JsonResponse(report_json(report))

@@ -11,8 +11,14 @@ from reports.models import Report
 
 
 def notify_report_ready(report_id: int) -> object | None:
-    """Tell the staff member who asked for a report that it is ready (a row in the caller's transaction)."""
-    report = Report.objects.select_related("requested_by").get(pk=report_id)
+    """Tell the staff member who asked for a report that it is ready, once per generation (the outbox's dedup key).
+
+    Called by the task that finish_report links to: the email is a callback of
+    the finished report, sent after it, never a step of finishing it.
+    """
+    report = Report.objects.select_related("requested_by").filter(pk=report_id).first()
+    if report is None or report.status != Report.Status.DONE:
+        return None  # a callback after a finish that was cancelled or failed
     user = report.requested_by
     if user is None or not user.email:
         return None

@@ -1,4 +1,4 @@
-// Keeps the report page live: polls the report's JSON until it is done or failed,
+// Keeps the report page live: polls the report's JSON until it is done, failed or cancelled,
 // then shows the figures, the chart and the CSV link without a reload.
 (function () {
   const root = document.getElementById("report");
@@ -23,7 +23,13 @@
     field("percent").textContent = `${report.progress}%`;
     field("bar").style.width = `${report.progress}%`;
     field("error").textContent = report.error;
-    if (report.status !== "done") return report.status === "failed";
+    if (report.status !== "done") {
+      const final = ["failed", "cancelled"].includes(report.status);
+      const cancel = field("cancel");
+      if (final && cancel) cancel.hidden = true;
+      return final;
+    }
+    if (field("cancel")) field("cancel").hidden = true;
     const summary = report.summary;
     field("definition").textContent = summary.definition;
     field("revenue").textContent = money(summary.revenue, summary.currency);
@@ -51,5 +57,5 @@
     setTimeout(poll, 700);
   }
 
-  if (!["done", "failed"].includes(root.dataset.status)) poll();
+  if (!["done", "failed", "cancelled"].includes(root.dataset.status)) poll();
 })();

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.django_db
 EXPECTED = {
     "Orders: re-send stuck orders": "orders.tasks.check_pending_orders",
     "Notifications: re-send stale emails": "notifications.tasks.requeue_stale_notifications",
+    "Reports: re-send stuck reports": "reports.tasks.check_stuck_reports",
     "Notifications: delete old emails": "notifications.tasks.cleanup_notifications",
     "Reports: daily sales": "reports.tasks.generate_daily_report",
     "Reports: weekly sales": "reports.tasks.generate_weekly_report",

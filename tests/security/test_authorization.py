@@ -116,6 +116,13 @@ TABLE: dict[str, Rule] = {
         "/api/reports/", "reports.request_report", (401, 403, 403, 403, 400, 400), "POST", "{}"
     ),
     "reports:api-detail": Rule("/api/reports/{report}/", "reports.view_report", (401, 403, 403, 403, 200, 200)),
+    # The report is done: whoever may cancel is told it cannot be (409; the page redirects back to it, saying so).
+    "reports:api-cancel": Rule(
+        "/api/reports/{report}/cancel/", "reports.cancel_report", (401, 403, 403, 403, 409, 409), "POST"
+    ),
+    "reports:cancel": Rule(
+        "/reports/{report}/cancel/", "reports.cancel_report", (302, 403, 403, 403, 302, 302), "POST"
+    ),
     # The admin's own pages.
     "admin:index": Rule("/admin/", None, (302, 302, 302, 200, 200, 200)),
     "admin:login": Rule("/admin/login/", None, (200, 200, 200, 302, 302, 302)),
