@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.test import Client
-from django_celery_results.models import TaskResult
+from django_celery_results.models import ChordCounter, TaskResult
 
 from notifications.models import Notification
 from ops.models import Failure
@@ -98,6 +98,34 @@ def test_a_whole_worker_killed_mid_slice_leaves_the_report_to_the_sweep(start_wo
     # Finished by the sweep (the chord's body never ran), with the same link: the email once.
     wait_for(lambda: Notification.objects.filter(kind="report_ready").exists(), 30, 0.2, "the email")
     assert Notification.objects.filter(kind="report_ready", recipient=staff.email).count() == 1
+
+
+def test_a_slice_that_completes_twice_does_not_hang_the_report(start_worker_process, settings) -> None:
+    """django-celery-results counts a redelivered chord part twice: the counter reaches zero early and the body is lost."""
+    make_sales(SALES)
+    start_worker_process(REPORT_SLICE_DAYS="6", REPORT_SLICE_TEST_HOOK=HOOKS + "slow_after_the_first_slice")
+    report = request()
+    slices = ReportSlice.objects.filter(report=report).exclude(task_id="").order_by("period_start")
+    wait_for(lambda: slices.count() == 2, 60, 0.1, "the slices to be sent")
+    first, second = slices
+    wait_for(lambda: TaskResult.objects.filter(task_id=first.task_id, status="SUCCESS").exists(), 60, 0.1, "slice 1")
+    report.refresh_from_db()
+
+    # The first slice's message again, as a redelivery brings it: same task id, same chord.
+    from reports.tasks import aggregate_report_slice
+
+    aggregate_report_slice.apply_async(
+        [report.pk, str(first.period_start), str(first.period_end)],
+        task_id=first.task_id,
+        group_id=report.chord_id,
+        chord=generation.finish_signature(report.pk),
+    )
+    wait_for(lambda: not ChordCounter.objects.filter(group_id=report.chord_id).exists(), 30, 0.1, "the early zero")
+    wait_for(lambda: ReportSlice.objects.get(pk=second.pk).status == "done", 60, 0.2, "slice 2")
+
+    report = sweeping_until_final(report, settings, 120)
+    assert_figures_once(report)
+    assert ReportSlice.objects.get(pk=first.pk).attempts == 1  # the redelivery found it done and left it
 
 
 def test_a_slice_at_its_soft_time_limit_records_nothing_and_is_requeued(start_worker_process) -> None:
