@@ -2,7 +2,10 @@
 
 - periods: daily, weekly (ISO), monthly and custom periods, and the rules a period must keep.
 - requesting: ask for a report (or find the scheduled one), regenerate it.
-- generation: aggregate the slices (a chord for long periods), merge them, mark the report done.
+- generation: claim the report, aggregate its slices (a chord of slice rows with leases),
+  merge the rows, mark the report done.
+- sweeps: re-send what was lost, finish what the chord left, fail what was started too often.
+- cancelling: cancel a pending or running report; its slices stop, it keeps no files.
 - files: the CSV and the chart, written to storage.
 - emails: "your report is ready", through the notifications outbox.
 
