@@ -227,3 +227,21 @@ def test_the_admin_cancel_action_needs_its_own_permission(broker) -> None:
     assert "Cancelled 1 report(s)" in response.content.decode()
     report.refresh_from_db()
     assert report.status == "cancelled" and report.cancelled_by is not None
+
+
+def test_the_staff_task_api_stops_a_running_slice_by_cancelling_its_report(admin_user, broker) -> None:
+    from django_celery_results.models import TaskResult
+
+    from ops import task_api
+
+    report = stuck_pending_report()
+    args = json.dumps(json.dumps([report.pk, "2025-06-01", "2025-06-07"]))  # as the result backend stores them
+    TaskResult.objects.create(
+        task_id="slice-1", task_name="reports.tasks.aggregate_report_slice", status="STARTED", task_args=args
+    )
+
+    stopped = task_api.stop("slice-1", user=admin_user)
+
+    assert "reports.services.cancelling.cancel_report" in stopped.outcome
+    report.refresh_from_db()
+    assert (report.status, report.cancelled_by) == ("cancelled", None)
