@@ -16,7 +16,7 @@ from core.formats import count
 from reports.models import Report
 
 if TYPE_CHECKING:
-    from reports.services.generation import Figures
+    from reports.services.figures import Figures
 
 CENT = Decimal("0.01")
 

@@ -17,7 +17,7 @@ from core.errors import Refused
 from ops import runs
 from ops.models import TaskRun
 from reports.models import Report, ReportSlice
-from reports.services import cancelling, generation, requesting, sweeps
+from reports.services import cancelling, figures, generation, requesting, sweeps
 from tests.factories import staff_with
 from tests.reports.helpers import Sale, make_sales
 from tests.support.broker import messages_in
@@ -105,7 +105,7 @@ def test_the_sweep_finishes_a_report_whose_slices_are_all_done_but_nothing_finis
     for part in ReportSlice.objects.filter(report=report):
         ReportSlice.objects.filter(pk=part.pk).update(
             status="done",
-            figures=generation.aggregate_figures(part.period_start, part.period_end),
+            figures=figures.aggregate_figures(part.period_start, part.period_end),
             finished_at=timezone.now() - timedelta(minutes=5),
         )
 
