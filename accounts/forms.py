@@ -44,9 +44,14 @@ class OutboxPasswordResetForm(PasswordResetForm):
         super().save(*args, **kwargs)
 
     def send_mail(
-        self, subject_template_name: str, email_template_name: str, context: dict, from_email: str | None,
-        to_email: str, html_email_template_name: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        subject_template_name: str,
+        email_template_name: str,
+        context: dict,
+        from_email: str | None,
+        to_email: str,
+        html_email_template_name: str | None = None,
+    ) -> None:
         from notifications.services.outbox import queue_password_reset
 
         subject = "".join(render_to_string(subject_template_name, context).splitlines())

@@ -54,9 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.scenarios import beat, campaign, floor, latency, pipeline, pipeline_latency, reports
 
     modules = {
-        "floor": floor, "pipeline": pipeline, "pipeline_latency": pipeline_latency, "latency": latency,
-        "campaign": campaign, "reports": reports, "beat": beat,
-    }  # fmt: skip
+        "floor": floor,
+        "pipeline": pipeline,
+        "pipeline_latency": pipeline_latency,
+        "latency": latency,
+        "campaign": campaign,
+        "reports": reports,
+        "beat": beat,
+    }
     results: dict[str, dict] = {}
     failed = False
     for name in options.only or SCENARIOS:

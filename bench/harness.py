@@ -112,9 +112,13 @@ def prepare_environment() -> dict[str, str]:
     database_url, broker_url = bench_urls()
     parts = urlsplit(database_url)
     admin = psycopg.connect(
-        host=parts.hostname, port=parts.port or 5432, user=parts.username or "postgres",
-        password=parts.password or None, dbname="postgres", autocommit=True,
-    )  # fmt: skip
+        host=parts.hostname,
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password or None,
+        dbname="postgres",
+        autocommit=True,
+    )
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
@@ -305,9 +309,26 @@ class Worker(Process):
         self.spec = spec
         self.nodename = f"bench-{os.urandom(4).hex()}@localhost"
         args = [
-            sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", spec.queues, "-c", str(spec.concurrency),
-            "-P", spec.pool, "-n", self.nodename, "--without-mingle", "--without-gossip", "--loglevel", "INFO", *extra,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            spec.queues,
+            "-c",
+            str(spec.concurrency),
+            "-P",
+            spec.pool,
+            "-n",
+            self.nodename,
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+            *extra,
+        ]
         super().__init__(args, env, "worker")
 
     def wait_ready(self, timeout: float = 60) -> Worker:

@@ -61,8 +61,12 @@ def machine() -> dict:
         ),
         platform.processor(),
     )
-    return {"cores": os.cpu_count(), "memory_gib": round(memory_kb / 1024 / 1024, 1), "cpu": model,
-            "kernel": platform.release()}  # fmt: skip
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 1024 / 1024, 1),
+        "cpu": model,
+        "kernel": platform.release(),
+    }
 
 
 def versions() -> dict:
@@ -265,8 +269,11 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
             out.append(("", "worker peak RSS (MB)", _fmt(result["worker_peak_rss_mb"], 0), "", ""))
         elif name == "beat":
             stock, ours = result["stock"], result["project"]
-            for key, label in (("startup_s", "start-up load (s)"), ("tick_ms", "one tick (ms)"),
-                               ("reload_s", "reload after one edit (s)")):  # fmt: skip
+            for key, label in (
+                ("startup_s", "start-up load (s)"),
+                ("tick_ms", "one tick (ms)"),
+                ("reload_s", "reload after one edit (s)"),
+            ):
                 out.append(
                     (
                         title if key == "startup_s" else "",

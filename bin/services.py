@@ -79,9 +79,18 @@ def postgres_answers(url: str) -> bool:
         return port_open(parts.hostname or "127.0.0.1", parts.port or 5432)
     env = dict(os.environ, PGPASSWORD=parts.password or "", PGCONNECT_TIMEOUT="3")
     command = [
-        psql, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
-        "-U", parts.username or "postgres", "-d", "postgres", "-Atc", "select 1",
-    ]  # fmt: skip
+        psql,
+        "-h",
+        parts.hostname or "127.0.0.1",
+        "-p",
+        str(parts.port or 5432),
+        "-U",
+        parts.username or "postgres",
+        "-d",
+        "postgres",
+        "-Atc",
+        "select 1",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     return result.returncode == 0 and result.stdout.strip() == "1"
 
@@ -161,10 +170,27 @@ def start_redis() -> tuple[str, dict]:
     root = Path(tempfile.mkdtemp(prefix="backoffice-test-redis-"))
     pidfile = root / "redis.pid"
     subprocess.run(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(root), "--logfile", str(root / "redis.log")],
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(pidfile),
+            "--dir",
+            str(root),
+            "--logfile",
+            str(root / "redis.log"),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     for _ in range(50):
         if redis_answers("127.0.0.1", port):
             break

@@ -28,10 +28,27 @@ class NotificationAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ("resend_failed", "cancel_queued")
     readonly_fields = (
-        "recipient", "user", "kind", "subject", "status", "attempts", "last_error", "dedup_key", "campaign",
-        "about", "task", "lease_owner", "lease_expires_at", "created_at", "sent_at", "expires_at",
-        "credential_expires_at", "headers", "text", "html",
-    )  # fmt: skip
+        "recipient",
+        "user",
+        "kind",
+        "subject",
+        "status",
+        "attempts",
+        "last_error",
+        "dedup_key",
+        "campaign",
+        "about",
+        "task",
+        "lease_owner",
+        "lease_expires_at",
+        "created_at",
+        "sent_at",
+        "expires_at",
+        "credential_expires_at",
+        "headers",
+        "text",
+        "html",
+    )
     # The bodies are shown through text/html below, which hide a credential-carrying one.
     exclude = ("subject_object", "task_id", "requeued_at", "body_text", "body_html")
 

@@ -188,9 +188,10 @@ def elect_leader(sender: Any = None, **_: Any) -> None:
     sender._leadership = leadership
     guard(sender.scheduler, leadership)
     logger.info(
-        "beat %s started; %s", leadership.node,
+        "beat %s started; %s",
+        leadership.node,
         "it sends only while it holds the leader lock" if leadership.uses_lock else "SQLite: a single beat, no lock",
-    )  # fmt: skip
+    )
 
 
 @signals.beat_embedded_init.connect(dispatch_uid="ops.beat.elect_leader_embedded")

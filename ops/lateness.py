@@ -173,9 +173,12 @@ def _window_start(task: PeriodicTask, latest_due: datetime) -> datetime | None:
 
 
 def owed_since(
-    task: PeriodicTask, now: datetime, grace: timedelta, first_result_at: datetime | None,
+    task: PeriodicTask,
+    now: datetime,
+    grace: timedelta,
+    first_result_at: datetime | None,
     last_success_at: datetime | None = None,
-) -> tuple[datetime | None, datetime | None, bool]:  # fmt: skip
+) -> tuple[datetime | None, datetime | None, bool]:
     """(since when a success is owed, when it became overdue, whether the schedule can be checked at all).
 
     The first two are None while nothing is owed yet.
@@ -229,14 +232,20 @@ def check_of(task: PeriodicTask, now: datetime | None = None) -> ScheduleCheck:
     last = LastResult(task.last_result_status, task.last_result_at) if task.last_result_pk else None
     cause, reason = _why_late(task, since, grace, last) if late else ("", "")
     return ScheduleCheck(
-        name=task.name, task=task.task, owed_since=since, deadline=deadline,
-        last_success_at=success, late=late, cause=cause, reason=reason, checked=checked, pk=task.pk,
-    )  # fmt: skip
+        name=task.name,
+        task=task.task,
+        owed_since=since,
+        deadline=deadline,
+        last_success_at=success,
+        late=late,
+        cause=cause,
+        reason=reason,
+        checked=checked,
+        pk=task.pk,
+    )
 
 
-def _why_late(
-    task: PeriodicTask, since: datetime, grace: timedelta, last: LastResult | None
-) -> tuple[str, str]:  # fmt: skip
+def _why_late(task: PeriodicTask, since: datetime, grace: timedelta, last: LastResult | None) -> tuple[str, str]:
     """(a short cause for lists, the whole reason).
 
     Beat not sending comes first (nothing else can be true then); then the last

@@ -73,18 +73,21 @@ class BackofficeCollector(Collector):
             per_queue.add_metric([queue], count)
         yield per_queue
         yield gauge(
-            "backoffice_workers_ping_age_seconds", "Age of the ping answer the worker figures come from.",
+            "backoffice_workers_ping_age_seconds",
+            "Age of the ping answer the worker figures come from.",
             value=workers.age_seconds(now),
-        )  # fmt: skip
+        )
         age = parts["beat"].data.get("age_seconds")
         yield gauge(
-            "backoffice_beat_heartbeat_age_seconds", "Seconds since beat's leader last ticked (NaN: never).",
+            "backoffice_beat_heartbeat_age_seconds",
+            "Seconds since beat's leader last ticked (NaN: never).",
             value=float("nan") if age is None else age,
-        )  # fmt: skip
+        )
         yield gauge(
-            "backoffice_beat_heartbeat_max_age_seconds", "BEAT_HEARTBEAT_MAX_AGE: an older heartbeat means beat is dead.",
+            "backoffice_beat_heartbeat_max_age_seconds",
+            "BEAT_HEARTBEAT_MAX_AGE: an older heartbeat means beat is dead.",
             value=settings.BEAT_HEARTBEAT_MAX_AGE.total_seconds(),
-        )  # fmt: skip
+        )
 
     def tasks(self) -> Iterator[Metric]:
         results = gauge("backoffice_task_results", "Stored task results by task and state.", ["task", "state"])
@@ -100,13 +103,15 @@ class BackofficeCollector(Collector):
         labels = ["schedule", "task"]
         late = gauge("backoffice_schedule_late", "1 when an enabled schedule missed its expected success.", labels)
         overdue = gauge(
-            "backoffice_schedule_overdue_seconds", "How long an enabled schedule's owed success is overdue (0: on time).",
+            "backoffice_schedule_overdue_seconds",
+            "How long an enabled schedule's owed success is overdue (0: on time).",
             labels,
-        )  # fmt: skip
+        )
         last_success = gauge(
             "backoffice_schedule_last_success_timestamp_seconds",
-            "Unix time of an enabled schedule's last successful run (NaN: none stored).", labels,
-        )  # fmt: skip
+            "Unix time of an enabled schedule's last successful run (NaN: none stored).",
+            labels,
+        )
         for check in lateness.schedule_checks(now):
             if not check.checked:
                 continue
@@ -118,9 +123,12 @@ class BackofficeCollector(Collector):
 
     def orders(self, now: datetime) -> Iterator[Metric]:
         yield gauge(
-            "backoffice_order_retries_24h", "Order pipeline retries scheduled in the last 24 hours.",
-            value=OrderEvent.objects.filter(kind=OrderEvent.Kind.RETRY, created_at__gte=now - timedelta(hours=24)).count(),
-        )  # fmt: skip
+            "backoffice_order_retries_24h",
+            "Order pipeline retries scheduled in the last 24 hours.",
+            value=OrderEvent.objects.filter(
+                kind=OrderEvent.Kind.RETRY, created_at__gte=now - timedelta(hours=24)
+            ).count(),
+        )
         rows = {
             row["status"]: row
             for row in Order.objects.filter(status__in=UNFINISHED_ORDERS)
@@ -131,8 +139,9 @@ class BackofficeCollector(Collector):
         unfinished = gauge("backoffice_orders_unfinished", "Orders not finished yet.", ["status"])
         idle = gauge(
             "backoffice_orders_oldest_unfinished_seconds",
-            "Seconds since the unfinished order that waited longest last moved (0: none).", ["status"],
-        )  # fmt: skip
+            "Seconds since the unfinished order that waited longest last moved (0: none).",
+            ["status"],
+        )
         for status in UNFINISHED_ORDERS:
             row = rows.get(status, {})
             unfinished.add_metric([status], row.get("count", 0))
@@ -154,11 +163,12 @@ class BackofficeCollector(Collector):
             "backoffice_emails_past_deadline",
             "Unsent emails past their deadline (expires_at, or EMAIL_SEND_DEADLINE / EMAIL_BULK_SEND_DEADLINE).",
             ["class"],
-        )  # fmt: skip
+        )
         worst = gauge(
             "backoffice_emails_past_deadline_max_seconds",
-            "How far past its deadline the most overdue unsent email is (0: none).", ["class"],
-        )  # fmt: skip
+            "How far past its deadline the most overdue unsent email is (0: none).",
+            ["class"],
+        )
         for email_class, (count, seconds) in emails_past_deadline(now).items():
             overdue.add_metric([email_class], count)
             worst.add_metric([email_class], seconds)

@@ -52,10 +52,14 @@ def _tally(start: datetime, end: datetime) -> None:
     )
     # Two scrapes may count the same hour at once; both get the same figures.
     TaskResultTally.objects.bulk_create(
-        [TaskResultTally(hour=row["hour"], task_name=row["task_name"] or "", status=row["status"], count=row["count"])
-         for row in rows],
+        [
+            TaskResultTally(
+                hour=row["hour"], task_name=row["task_name"] or "", status=row["status"], count=row["count"]
+            )
+            for row in rows
+        ],
         ignore_conflicts=True,
-    )  # fmt: skip
+    )
 
 
 def stored_result_counts(now: datetime | None = None) -> dict[tuple[str, str], int]:
@@ -81,11 +85,13 @@ def stored_result_counts(now: datetime | None = None) -> dict[tuple[str, str], i
     for row in tallied:
         counts[(row["task_name"], row["status"])] += row["total"]
     live = (
-        TaskResult.objects.filter(Q(date_done__lt=first_hour + HOUR) | Q(date_done__gte=max(settled_until, first_hour + HOUR)))
+        TaskResult.objects.filter(
+            Q(date_done__lt=first_hour + HOUR) | Q(date_done__gte=max(settled_until, first_hour + HOUR))
+        )
         .values("task_name", "status")
         .annotate(total=Count("pk"))
         .order_by()
-    )  # fmt: skip
+    )
     for row in live:
         counts[(row["task_name"] or "", row["status"])] += row["total"]
     return dict(counts)

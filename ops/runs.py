@@ -56,10 +56,16 @@ def require_permission(user: Any) -> None:
 
 
 def _send(
-    invocation: catalog.Invocation, *, task_id: str, countdown: float | None = None, priority: int | None = None,
-    expires: float | datetime | None = None, headers: dict | None = None, exchange: str | None = None,
+    invocation: catalog.Invocation,
+    *,
+    task_id: str,
+    countdown: float | None = None,
+    priority: int | None = None,
+    expires: float | datetime | None = None,
+    headers: dict | None = None,
+    exchange: str | None = None,
     routing_key: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     options: dict[str, Any] = {
         key: value
         for key, value in {
@@ -79,9 +85,15 @@ def _send(
 
 
 def run_task(
-    name: str, args: Any, kwargs: Any, *, queue: str | None = None, countdown: float | None = None,
-    user: Any = None, source: str = TaskRun.Source.COMMAND,
-) -> TaskRun:  # fmt: skip
+    name: str,
+    args: Any,
+    kwargs: Any,
+    *,
+    queue: str | None = None,
+    countdown: float | None = None,
+    user: Any = None,
+    source: str = TaskRun.Source.COMMAND,
+) -> TaskRun:
     """Validate and send a task by name; raises FieldErrors or PermissionDenied."""
     require_permission(user)
     invocation = catalog.validate(name, args, kwargs, queue)
@@ -89,9 +101,14 @@ def run_task(
     task_id = str(uuid.uuid4())
     options = _send(invocation, task_id=task_id, countdown=countdown)
     return TaskRun.objects.create(
-        task_name=name, task_id=task_id, args=args, kwargs=kwargs, options=options, source=source,
+        task_name=name,
+        task_id=task_id,
+        args=args,
+        kwargs=kwargs,
+        options=options,
+        source=source,
         requested_by=user if user is not None and user.is_authenticated else None,
-    )  # fmt: skip
+    )
 
 
 def run_periodic_task_now(periodic_task: PeriodicTask, *, user: Any) -> TaskRun:
@@ -109,14 +126,24 @@ def run_periodic_task_now(periodic_task: PeriodicTask, *, user: Any) -> TaskRun:
     headers = {**json_input.loads(periodic_task.headers or "{}"), "periodic_task_name": periodic_task.name}
     task_id = str(uuid.uuid4())
     options = _send(
-        invocation, task_id=task_id, priority=periodic_task.priority,
-        expires=periodic_task.expire_seconds or periodic_task.expires, headers=headers,
-        exchange=periodic_task.exchange, routing_key=periodic_task.routing_key,
-    )  # fmt: skip
+        invocation,
+        task_id=task_id,
+        priority=periodic_task.priority,
+        expires=periodic_task.expire_seconds or periodic_task.expires,
+        headers=headers,
+        exchange=periodic_task.exchange,
+        routing_key=periodic_task.routing_key,
+    )
     return TaskRun.objects.create(
-        task_name=periodic_task.task, task_id=task_id, args=args, kwargs=kwargs, options=options,
-        source=TaskRun.Source.RUN_NOW, periodic_task_name=periodic_task.name, requested_by=user,
-    )  # fmt: skip
+        task_name=periodic_task.task,
+        task_id=task_id,
+        args=args,
+        kwargs=kwargs,
+        options=options,
+        source=TaskRun.Source.RUN_NOW,
+        periodic_task_name=periodic_task.name,
+        requested_by=user,
+    )
 
 
 def retry_result(result: TaskResult, *, user: Any) -> TaskRun:

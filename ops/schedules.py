@@ -41,49 +41,70 @@ class DefaultSchedule:
 
 DEFAULTS = [
     DefaultSchedule(
-        "Orders: re-send stuck orders", "orders.tasks.check_pending_orders",
+        "Orders: re-send stuck orders",
+        "orders.tasks.check_pending_orders",
         "Re-enqueue pending orders that were never processed and orders whose lease expired.",
-        expire_seconds=50, every_seconds=MINUTE,
+        expire_seconds=50,
+        every_seconds=MINUTE,
     ),
     DefaultSchedule(
-        "Notifications: re-send stale emails", "notifications.tasks.requeue_stale_notifications",
+        "Notifications: re-send stale emails",
+        "notifications.tasks.requeue_stale_notifications",
         "Re-enqueue queued emails that were never picked up (e.g. the broker was down); expire late ones.",
-        expire_seconds=50, every_seconds=MINUTE,
+        expire_seconds=50,
+        every_seconds=MINUTE,
     ),
     DefaultSchedule(
-        "Reports: re-send stuck reports", "reports.tasks.check_stuck_reports",
+        "Reports: re-send stuck reports",
+        "reports.tasks.check_stuck_reports",
         "Re-send reports and slices whose task was lost, finish reports whose slices are all done, "
         "fail the ones started too often.",
-        expire_seconds=50, every_seconds=MINUTE,
+        expire_seconds=50,
+        every_seconds=MINUTE,
     ),
     DefaultSchedule(
-        "Notifications: delete old emails", "notifications.tasks.cleanup_notifications",
+        "Notifications: delete old emails",
+        "notifications.tasks.cleanup_notifications",
         "Delete sent and expired emails older than NOTIFICATION_RETENTION.",
-        expire_seconds=50 * MINUTE, crontab={"minute": "17"},
+        expire_seconds=50 * MINUTE,
+        crontab={"minute": "17"},
     ),
     DefaultSchedule(
-        "Operations: delete old failures", "ops.tasks.cleanup_failures",
+        "Operations: delete old failures",
+        "ops.tasks.cleanup_failures",
         "Delete recorded failures older than FAILURE_RETENTION.",
-        expire_seconds=HOUR, crontab={"minute": "25", "hour": "4"},
+        expire_seconds=HOUR,
+        crontab={"minute": "25", "hour": "4"},
     ),
     DefaultSchedule(
-        "Reports: daily sales", "reports.tasks.generate_daily_report", "Yesterday's sales report.",
-        expire_seconds=HOUR, crontab={"minute": "5", "hour": "0"},
+        "Reports: daily sales",
+        "reports.tasks.generate_daily_report",
+        "Yesterday's sales report.",
+        expire_seconds=HOUR,
+        crontab={"minute": "5", "hour": "0"},
     ),
     DefaultSchedule(
-        "Reports: weekly sales", "reports.tasks.generate_weekly_report", "Last ISO week's sales report.",
-        expire_seconds=DAY, crontab={"minute": "10", "hour": "0", "day_of_week": "1"},
+        "Reports: weekly sales",
+        "reports.tasks.generate_weekly_report",
+        "Last ISO week's sales report.",
+        expire_seconds=DAY,
+        crontab={"minute": "10", "hour": "0", "day_of_week": "1"},
     ),
     DefaultSchedule(
-        "Reports: monthly sales", "reports.tasks.generate_monthly_report", "Last month's sales report.",
-        expire_seconds=DAY, crontab={"minute": "15", "hour": "0", "day_of_month": "1"},
+        "Reports: monthly sales",
+        "reports.tasks.generate_monthly_report",
+        "Last month's sales report.",
+        expire_seconds=DAY,
+        crontab={"minute": "15", "hour": "0", "day_of_month": "1"},
     ),
     DefaultSchedule(
-        "Notifications: weekly digest", "notifications.tasks.send_weekly_digest",
+        "Notifications: weekly digest",
+        "notifications.tasks.send_weekly_digest",
         "Each customer's orders of the ISO week that just ended.",
-        expire_seconds=12 * HOUR, crontab={"minute": "0", "hour": "9", "day_of_week": "1"},
+        expire_seconds=12 * HOUR,
+        crontab={"minute": "0", "hour": "9", "day_of_week": "1"},
     ),
-]  # fmt: skip
+]
 BY_NAME = {default.name: default for default in DEFAULTS}
 
 
@@ -110,11 +131,22 @@ def _schedule_fields(default: DefaultSchedule) -> dict[str, object]:
 
 def _default_fields(default: DefaultSchedule) -> dict[str, object]:
     return {
-        "task": default.task, "description": default.description, "args": "[]", "kwargs": "{}",
-        "queue": None, "exchange": None, "routing_key": None, "priority": None, "headers": "{}",
-        "expires": None, "expire_seconds": default.expire_seconds, "one_off": False, "enabled": True,
-        "start_time": None, **_schedule_fields(default),
-    }  # fmt: skip
+        "task": default.task,
+        "description": default.description,
+        "args": "[]",
+        "kwargs": "{}",
+        "queue": None,
+        "exchange": None,
+        "routing_key": None,
+        "priority": None,
+        "headers": "{}",
+        "expires": None,
+        "expire_seconds": default.expire_seconds,
+        "one_off": False,
+        "enabled": True,
+        "start_time": None,
+        **_schedule_fields(default),
+    }
 
 
 def install_missing() -> list[str]:

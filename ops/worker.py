@@ -94,26 +94,41 @@ def log_success(sender: Task | None = None, **kwargs: Any) -> None:
         return
     logger.info(
         "task=%s id=%s state=SUCCESS duration=%.3fs object=%s",
-        sender.name, request.id, _duration(request.id), subject_ref(sender, request.args, request.kwargs),
-    )  # fmt: skip
+        sender.name,
+        request.id,
+        _duration(request.id),
+        subject_ref(sender, request.args, request.kwargs),
+    )
 
 
 @signals.task_retry.connect(dispatch_uid="ops.worker.log_retry")
 def log_retry(sender: Task | None = None, request: Any = None, reason: Any = None, **kwargs: Any) -> None:
     logger.warning(
         "task=%s id=%s state=RETRY duration=%.3fs object=%s retries=%s reason=%s",
-        sender.name, request.id, _duration(request.id), subject_ref(sender, request.args, request.kwargs),
-        request.retries, reason,
-    )  # fmt: skip
+        sender.name,
+        request.id,
+        _duration(request.id),
+        subject_ref(sender, request.args, request.kwargs),
+        request.retries,
+        reason,
+    )
 
 
 @signals.task_failure.connect(dispatch_uid="ops.worker.log_failure")
 def log_failure(
-    sender: Task | None = None, task_id: str | None = None, exception: BaseException | None = None,
-    args: Any = None, kwargs: Any = None, **extra: Any,
-) -> None:  # fmt: skip
+    sender: Task | None = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **extra: Any,
+) -> None:
     logger.error(
         "task=%s id=%s state=FAILURE duration=%.3fs object=%s error=%s: %s",
-        sender.name, task_id, _duration(task_id), subject_ref(sender, args, kwargs),
-        type(exception).__name__, exception,
-    )  # fmt: skip
+        sender.name,
+        task_id,
+        _duration(task_id),
+        subject_ref(sender, args, kwargs),
+        type(exception).__name__,
+        exception,
+    )

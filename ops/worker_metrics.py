@@ -91,9 +91,12 @@ class WorkerMetrics:
             "backoffice_worker_task_failures", "Failed tasks by exception type.", ["task", "exception"], registry=None
         )
         self.duration = Histogram(
-            "backoffice_worker_task_duration_seconds", "Run time of tasks in the pool, any outcome.", ["task"],
-            buckets=DURATION_BUCKETS, registry=None,
-        )  # fmt: skip
+            "backoffice_worker_task_duration_seconds",
+            "Run time of tasks in the pool, any outcome.",
+            ["task"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
         # task id -> monotonic start, for task_prerun -> task_postrun in the process running it
         self.started: dict[str, float] = {}
 

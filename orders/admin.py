@@ -75,10 +75,21 @@ class OrderAdmin(admin.ModelAdmin):
     inlines = (OrderLineInline, PaymentInline, OrderEventInline)
     actions = ("process_selected", "retry_failed")
     readonly_fields = (
-        "customer", "status", "step", "total", "failure_reason", "created_at", "updated_at",
-        "lease_owner_link", "lease_expires_at", "attempts", "replays", "requeued_at", "tracking_number",
+        "customer",
+        "status",
+        "step",
+        "total",
+        "failure_reason",
+        "created_at",
+        "updated_at",
+        "lease_owner_link",
+        "lease_expires_at",
+        "attempts",
+        "replays",
+        "requeued_at",
+        "tracking_number",
         "idempotency_key",
-    )  # fmt: skip
+    )
     fieldsets = (
         (None, {"fields": ("customer", "status", "step", "total", "failure_reason", "tracking_number")}),
         ("Processing", {"fields": ("lease_owner_link", "lease_expires_at", "attempts", "replays", "requeued_at")}),
@@ -106,9 +117,10 @@ class OrderAdmin(admin.ModelAdmin):
         self.message_user(request, f"Sent {sent} order(s) to the workers.", messages.SUCCESS)
         if skipped:
             self.message_user(
-                request, f"Skipped {skipped}: only pending orders or orders whose lease expired can be sent.",
+                request,
+                f"Skipped {skipped}: only pending orders or orders whose lease expired can be sent.",
                 messages.WARNING,
-            )  # fmt: skip
+            )
 
     @admin.action(description="Retry failed orders", permissions=["change"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:

@@ -73,9 +73,14 @@ STATUS_MIX = [(Order.Status.COMPLETED, 0.86), (Order.Status.FAILED, 0.06), (Orde
 
 
 def seed_orders(
-    *, count: int, start: date, end: date, customers: int = 200, seed: int | None = None,
+    *,
+    count: int,
+    start: date,
+    end: date,
+    customers: int = 200,
+    seed: int | None = None,
     progress: Callable[[int], None] = lambda done: None,
-) -> int:  # fmt: skip
+) -> int:
     """Bulk-create `count` historical orders placed between start and end (inclusive, TIME_ZONE), 1–3 lines each."""
     rng = random.Random(seed)  # noqa: S311 - sample data
     products = seed_catalogue()

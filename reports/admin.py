@@ -56,10 +56,29 @@ class ReportAdmin(admin.ModelAdmin):
     actions = ("regenerate", "cancel")
     inlines = (ReportSliceInline,)
     readonly_fields = (
-        "kind", "period_start", "period_end", "status", "progress", "requested_by", "summary", "error",
-        "thumbnail", "download", "task", "slices_total", "slices_done", "attempts", "finish_attempts", "lease_owner",
-        "lease_expires_at", "queued_at", "cancelled_by", "created_at", "started_at", "finished_at",
-    )  # fmt: skip
+        "kind",
+        "period_start",
+        "period_end",
+        "status",
+        "progress",
+        "requested_by",
+        "summary",
+        "error",
+        "thumbnail",
+        "download",
+        "task",
+        "slices_total",
+        "slices_done",
+        "attempts",
+        "finish_attempts",
+        "lease_owner",
+        "lease_expires_at",
+        "queued_at",
+        "cancelled_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
     exclude = ("csv_file", "chart", "task_id", "chord_id")
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -63,9 +63,11 @@ def report_new(request: HttpRequest) -> HttpResponse:
     form = ReportRangeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         report = requesting.request_report(
-            kind=Report.Kind.CUSTOM, start=form.cleaned_data["start"], end=form.cleaned_data["end"],
+            kind=Report.Kind.CUSTOM,
+            start=form.cleaned_data["start"],
+            end=form.cleaned_data["end"],
             requested_by_id=request.user.pk,
-        )  # fmt: skip
+        )
         return redirect("reports:detail", report_id=report.pk)
     definition = Report.REVENUE_DEFINITION.format(zone=settings.TIME_ZONE)
     return render(request, "reports/report_new.html", {"form": form, "definition": definition})
@@ -149,9 +151,11 @@ def api_request_report(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return json_error(400, errors={name: list(messages) for name, messages in form.errors.items()})
     report = requesting.request_report(
-        kind=Report.Kind.CUSTOM, start=form.cleaned_data["start"], end=form.cleaned_data["end"],
+        kind=Report.Kind.CUSTOM,
+        start=form.cleaned_data["start"],
+        end=form.cleaned_data["end"],
         requested_by_id=request.user.pk,
-    )  # fmt: skip
+    )
     url = reverse("reports:api-detail", args=[report.pk])
     response = JsonResponse({**report_json(report), "url": url}, status=202)
     response["Location"] = url

@@ -107,8 +107,10 @@ def static_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("static")
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-        cwd=PROJECT_ROOT, env={**os.environ, "STATIC_ROOT": str(root)}, check=True,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "STATIC_ROOT": str(root)},
+        check=True,
+    )
     return str(root)
 
 

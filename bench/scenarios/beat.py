@@ -24,10 +24,18 @@ def prepare(count: int) -> None:
     hourly = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.HOURS)
     just_ran = timezone.now() - timedelta(minutes=1)  # nothing falls due while we measure
     PeriodicTask.objects.bulk_create(
-        [PeriodicTask(name=f"bench-{index:05d}", task="orders.tasks.check_pending_orders", interval=hourly,
-                      last_run_at=just_ran, expire_seconds=3000) for index in range(count)],
+        [
+            PeriodicTask(
+                name=f"bench-{index:05d}",
+                task="orders.tasks.check_pending_orders",
+                interval=hourly,
+                last_run_at=just_ran,
+                expire_seconds=3000,
+            )
+            for index in range(count)
+        ],
         batch_size=2000,
-    )  # fmt: skip
+    )
     PeriodicTasks.update_changed()
 
 

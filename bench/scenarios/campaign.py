@@ -26,10 +26,12 @@ def prepare_audience(count: int) -> None:
     reset_tables("auth.User", "notifications.Notification", "notifications.Campaign")
     users = get_user_model()
     users.objects.bulk_create(
-        [users(username=f"fan{index:05d}", email=f"fan{index:05d}@example.com", first_name=f"Fan{index}")
-         for index in range(count)],
+        [
+            users(username=f"fan{index:05d}", email=f"fan{index:05d}@example.com", first_name=f"Fan{index}")
+            for index in range(count)
+        ],
         batch_size=2000,
-    )  # fmt: skip
+    )
 
 
 def chunked_round(env: dict[str, str], count: int) -> dict:
@@ -62,11 +64,19 @@ def one_task_per_email_round(env: dict[str, str], count: int) -> float:
     flush_broker()
     body = BODY.replace("{{ first_name }}", "Fan")
     rows = Notification.objects.bulk_create(
-        [Notification(kind=Notification.Kind.TEST, recipient=f"fan{index:05d}@example.com", subject="Spring sale, Fan",
-                      body_text=body, body_html=f"<p>{body}</p>", dedup_key=f"bench:{index}")
-         for index in range(count)],
+        [
+            Notification(
+                kind=Notification.Kind.TEST,
+                recipient=f"fan{index:05d}@example.com",
+                subject="Spring sale, Fan",
+                body_text=body,
+                body_html=f"<p>{body}</p>",
+                dedup_key=f"bench:{index}",
+            )
+            for index in range(count)
+        ],
         batch_size=2000,
-    )  # fmt: skip
+    )
     from config import celery_app
 
     with celery_app.producer_or_acquire() as producer:

@@ -27,9 +27,17 @@ class Web(Process):
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         args = [
-            sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(WEB_WORKERS), "--access-logfile", "-",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "config.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(WEB_WORKERS),
+            "--access-logfile",
+            "-",
+        ]
         super().__init__(args, env, "web")
 
     def wait_ready(self) -> Web:

@@ -73,9 +73,14 @@ def one_round(
     from orders.models import Order, OrderEvent
 
     reset_tables(
-        "orders.Order", "orders.OrderLine", "orders.OrderEvent", "orders.Payment", "sandbox.SandboxLedgerEntry",
-        "notifications.Notification", "django_celery_results.TaskResult",
-    )  # fmt: skip
+        "orders.Order",
+        "orders.OrderLine",
+        "orders.OrderEvent",
+        "orders.Payment",
+        "sandbox.SandboxLedgerEntry",
+        "notifications.Notification",
+        "django_celery_results.TaskResult",
+    )
     flush_broker()
     customer_ids, skus = prepare_catalogue(count)
     placing = place_orders(count, customer_ids, skus)

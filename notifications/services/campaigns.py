@@ -184,12 +184,16 @@ def campaign_message(campaign: Campaign, user: object, subject: Template, body: 
     text = body.render(context)
     unsubscribe = unsubscribe_url(user.pk)
     return Notification(
-        kind=Kind.CAMPAIGN, campaign=campaign, user_id=user.pk, recipient=user.email,
+        kind=Kind.CAMPAIGN,
+        campaign=campaign,
+        user_id=user.pk,
+        recipient=user.email,
         subject=subject.render(context)[:255],
         body_text=render_to_string("notifications/email/campaign.txt", {"text": text, "unsubscribe_url": unsubscribe}),
         body_html=render_to_string("notifications/email/campaign.html", {"text": text, "unsubscribe_url": unsubscribe}),
-        headers=marketing_headers(unsubscribe), dedup_key=f"campaign:{campaign.pk}:user:{user.pk}",
-    )  # fmt: skip
+        headers=marketing_headers(unsubscribe),
+        dedup_key=f"campaign:{campaign.pk}:user:{user.pk}",
+    )
 
 
 def send_campaign_chunk(
@@ -305,9 +309,13 @@ def cancel_campaign(campaign_id: int) -> Campaign:
 
 def campaign_progress(campaign: Campaign) -> dict[str, object]:
     return {
-        "id": campaign.pk, "status": campaign.status, "total": campaign.total, "sent": campaign.sent,
-        "failed": campaign.failed, "progress": campaign.progress,
-    }  # fmt: skip
+        "id": campaign.pk,
+        "status": campaign.status,
+        "total": campaign.total,
+        "sent": campaign.sent,
+        "failed": campaign.failed,
+        "progress": campaign.progress,
+    }
 
 
 def relaunch_stalled(now: datetime) -> int:

@@ -51,9 +51,14 @@ def send_weekly_digest(*, today: date | None = None) -> int:
         for customer, customer_orders in batch:
             unsubscribe = unsubscribe_url(customer.pk)
             context = {
-                "customer": customer, "orders": customer_orders, "monday": monday, "sunday": sunday,
-                "week": label, "unsubscribe_url": unsubscribe, "orders_url": settings.SITE_URL + "/orders/",
-            }  # fmt: skip
+                "customer": customer,
+                "orders": customer_orders,
+                "monday": monday,
+                "sunday": sunday,
+                "week": label,
+                "unsubscribe_url": unsubscribe,
+                "orders_url": settings.SITE_URL + "/orders/",
+            }
             messages.append(
                 Notification(
                     kind=Kind.DIGEST,

@@ -38,9 +38,12 @@ def build_message(notification: Notification, connection: BaseEmailBackend | Non
     # Stable per row: if a crash makes us send twice, mail systems can tell it is one message.
     headers = {**notification.headers, "Message-ID": f"<notification-{notification.pk}@{domain}>"}
     message = OutboxEmail(
-        subject=notification.subject, body=notification.body_text, to=[notification.recipient],
-        headers=headers, connection=connection,
-    )  # fmt: skip
+        subject=notification.subject,
+        body=notification.body_text,
+        to=[notification.recipient],
+        headers=headers,
+        connection=connection,
+    )
     if notification.body_html:
         message.attach_alternative(notification.body_html, "text/html")
     return message

@@ -96,10 +96,17 @@ def queue_email(
     if kind in Notification.CREDENTIAL_KINDS and credential_expires_at is None:
         raise ValueError(f"a {kind} email carries a credential: give its credential_expires_at")
     fields = {
-        "kind": kind, "recipient": recipient, "subject": subject[:255], "body_text": body_text,
-        "body_html": body_html, "user_id": user_id, "headers": headers or {}, "expires_at": expires_at,
-        "subject_object": subject_object, "credential_expires_at": credential_expires_at,
-    }  # fmt: skip
+        "kind": kind,
+        "recipient": recipient,
+        "subject": subject[:255],
+        "body_text": body_text,
+        "body_html": body_html,
+        "user_id": user_id,
+        "headers": headers or {},
+        "expires_at": expires_at,
+        "subject_object": subject_object,
+        "credential_expires_at": credential_expires_at,
+    }
     notification = Notification(dedup_key=dedup_key, **fields)
     # Insert first and look only on a conflict: a new message (the usual case)
     # is one INSERT ... ON CONFLICT DO NOTHING, without a SELECT or a savepoint.
@@ -113,10 +120,16 @@ def queue_password_reset(*, recipient: str, user_id: int, subject: str, body_tex
     """Password reset emails go through the outbox too; web never talks SMTP."""
     key = hashlib.sha256(f"{user_id}:{body_text}".encode()).hexdigest()[:32]
     queue_email(
-        kind=Kind.PASSWORD_RESET, recipient=recipient, user_id=user_id, subject=subject, body_text=body_text,
-        body_html=body_html, dedup_key=f"password_reset:{user_id}:{key}",
-        expires_at=timezone.now() + PASSWORD_RESET_EMAIL_LIFETIME, credential_expires_at=credential_expiry(),
-    )  # fmt: skip
+        kind=Kind.PASSWORD_RESET,
+        recipient=recipient,
+        user_id=user_id,
+        subject=subject,
+        body_text=body_text,
+        body_html=body_html,
+        dedup_key=f"password_reset:{user_id}:{key}",
+        expires_at=timezone.now() + PASSWORD_RESET_EMAIL_LIFETIME,
+        credential_expires_at=credential_expiry(),
+    )
 
 
 def credential_expiry() -> datetime:
@@ -144,10 +157,12 @@ def queue_test_email(recipient: str) -> Notification:
     """A test message, to check the mail set-up end to end (manage.py send_test_email)."""
     now = timezone.now()
     return queue_email(
-        kind=Kind.TEST, recipient=recipient, subject="Test email from the shop back office",
+        kind=Kind.TEST,
+        recipient=recipient,
+        subject="Test email from the shop back office",
         body_text=render_to_string("notifications/email/test.txt", {"now": now, "settings": settings}),
         dedup_key=f"test:{recipient}:{now.isoformat()}",
-    )  # fmt: skip
+    )
 
 
 def send_later(
@@ -267,9 +282,13 @@ def claimable(now: datetime, task_id: str = "") -> Q:
 def claim(rows: QuerySet[Notification], task_id: str) -> int:
     now = timezone.now()
     return rows.filter(claimable(now, task_id)).update(
-        status=Status.SENDING, lease_owner=task_id, lease_expires_at=now + settings.NOTIFICATION_LEASE_TIMEOUT,
-        attempts=F("attempts") + 1, task_id=task_id, updated_at=now,
-    )  # fmt: skip
+        status=Status.SENDING,
+        lease_owner=task_id,
+        lease_expires_at=now + settings.NOTIFICATION_LEASE_TIMEOUT,
+        attempts=F("attempts") + 1,
+        task_id=task_id,
+        updated_at=now,
+    )
 
 
 def expire_if_late(notification: Notification) -> bool:

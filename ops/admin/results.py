@@ -66,9 +66,12 @@ class ProjectTaskResultAdmin(results_admin.TaskResultAdmin):
         if run is None:
             return "—"
         return format_html(
-            '<a href="{}">{}</a> (retried by {} at {})', result_search_url(run.retry_of), run.retry_of,
-            run.requested_by or "—", f"{run.requested_at:%Y-%m-%d %H:%M:%S}",
-        )  # fmt: skip
+            '<a href="{}">{}</a> (retried by {} at {})',
+            result_search_url(run.retry_of),
+            run.retry_of,
+            run.requested_by or "—",
+            f"{run.requested_at:%Y-%m-%d %H:%M:%S}",
+        )
 
     @admin.display(description="retried as")
     def retried_as(self, result: TaskResult) -> SafeString | str:
@@ -78,9 +81,13 @@ class ProjectTaskResultAdmin(results_admin.TaskResultAdmin):
         if not retries:
             return "—"
         return format_html_join(
-            LINE_BREAK, '<a href="{}">{}</a> by {} at {}',
-            ((result_search_url(r.task_id), r.task_id, r.requested_by or "—", f"{r.requested_at:%Y-%m-%d %H:%M:%S}") for r in retries),
-        )  # fmt: skip
+            LINE_BREAK,
+            '<a href="{}">{}</a> by {} at {}',
+            (
+                (result_search_url(r.task_id), r.task_id, r.requested_by or "—", f"{r.requested_at:%Y-%m-%d %H:%M:%S}")
+                for r in retries
+            ),
+        )
 
     @admin.display(description="retries")
     def retries(self, result: TaskResult) -> str:

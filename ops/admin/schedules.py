@@ -118,8 +118,16 @@ class AuditedScheduleAdmin(admin.ModelAdmin):
 class ProjectPeriodicTaskAdmin(AuditedScheduleAdmin, beat_admin.PeriodicTaskAdmin):
     form = ProjectPeriodicTaskForm
     list_display = (
-        "name", "enabled", "task", "schedule_in_words", "next_run", "last_run_at", "last_result", "on_time", "problem",
-    )  # fmt: skip
+        "name",
+        "enabled",
+        "task",
+        "schedule_in_words",
+        "next_run",
+        "last_run_at",
+        "last_result",
+        "on_time",
+        "problem",
+    )
     actions = ("enable_tasks", "disable_tasks", "toggle_tasks", "run_now")
     readonly_fields = (*beat_admin.PeriodicTaskAdmin.readonly_fields, "problem", "upcoming_runs", "recent_results")
     fieldsets = (
@@ -172,8 +180,10 @@ class ProjectPeriodicTaskAdmin(AuditedScheduleAdmin, beat_admin.PeriodicTaskAdmi
             return "on time"
         return format_html(
             '<img src="{}" alt=""> <strong class="schedule-late" title="{}">late</strong> ({})',
-            static("admin/img/icon-no.svg"), check.reason, check.cause,
-        )  # fmt: skip
+            static("admin/img/icon-no.svg"),
+            check.reason,
+            check.cause,
+        )
 
     @admin.display(description="next 5 runs")
     def upcoming_runs(self, task: PeriodicTask) -> SafeString | str:
@@ -192,9 +202,13 @@ class ProjectPeriodicTaskAdmin(AuditedScheduleAdmin, beat_admin.PeriodicTaskAdmi
         if not rows:
             return "—"
         return format_html_join(
-            LINE_BREAK, '<a href="{}">{}</a> {} {}',
-            ((result_url(r.pk), r.status, f"{r.date_done or r.date_created:%Y-%m-%d %H:%M:%S}", r.task_id) for r in rows),
-        )  # fmt: skip
+            LINE_BREAK,
+            '<a href="{}">{}</a> {} {}',
+            (
+                (result_url(r.pk), r.status, f"{r.date_done or r.date_created:%Y-%m-%d %H:%M:%S}", r.task_id)
+                for r in rows
+            ),
+        )
 
     def has_run_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(runs.RUN_PERMISSION)
@@ -296,9 +310,10 @@ class SharedScheduleAdmin(AuditedScheduleAdmin):
         if not tasks:
             return "No periodic task uses this schedule."
         links = format_html_join(
-            ", ", '<a href="{}">{}</a>',
+            ", ",
+            '<a href="{}">{}</a>',
             ((reverse("admin:django_celery_beat_periodictask_change", args=[task.pk]), task.name) for task in tasks),
-        )  # fmt: skip
+        )
         return format_html("{} — saving a change here reschedules all {} of them.", links, len(tasks))
 
 

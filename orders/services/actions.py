@@ -62,9 +62,15 @@ def retry_failed_order(order_id: int, *, actor_id: int | None = None, task_id: s
     """Replay a failed order from the start, with fresh payment keys. False if it is not failed."""
     with transaction.atomic():
         replayed = Order.objects.filter(pk=order_id, status=Status.FAILED).update(
-            status=Status.PENDING, step=Step.NONE, failure_reason="", tracking_number="",
-            lease_owner="", lease_expires_at=None, replays=F("replays") + 1, updated_at=timezone.now(),
-        )  # fmt: skip
+            status=Status.PENDING,
+            step=Step.NONE,
+            failure_reason="",
+            tracking_number="",
+            lease_owner="",
+            lease_expires_at=None,
+            replays=F("replays") + 1,
+            updated_at=timezone.now(),
+        )
         if replayed:
             OrderEvent.objects.create(order_id=order_id, kind=OrderEvent.Kind.REPLAYED, actor_id=actor_id)
             dispatch.send_on_commit("orders.tasks.process_order", [order_id], task_id=task_id)

@@ -417,9 +417,11 @@ def _refund(order: Order, charge: Payment, task_id: str, reason: str) -> str:
         return f"{reason} Refund failed, needs manual attention: {refund.error}"
     try:
         result = payment_gateway().refund(
-            charge_reference=charge.provider_reference, amount=charge.amount,
-            idempotency_key=key, reference=f"order:{order.pk}",
-        )  # fmt: skip
+            charge_reference=charge.provider_reference,
+            amount=charge.amount,
+            idempotency_key=key,
+            reference=f"order:{order.pk}",
+        )
     except TransientProviderError as exc:
         _record_payment(refund, Payment.Status.PENDING, task_id, error=str(exc))
         raise

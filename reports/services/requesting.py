@@ -17,9 +17,14 @@ Status = Report.Status
 
 
 def request_report(
-    *, kind: str, start: date, end: date, requested_by_id: int | None = None, regenerate: bool = False,
+    *,
+    kind: str,
+    start: date,
+    end: date,
+    requested_by_id: int | None = None,
+    regenerate: bool = False,
     enqueue: bool = True,
-) -> Report:  # fmt: skip
+) -> Report:
     """Create the report for a period (or find the scheduled one) and generate it after commit.
 
     A scheduled period has one report: asking again returns it, and only a failed

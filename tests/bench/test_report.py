@@ -10,13 +10,29 @@ from tests.support.processes import PROJECT_ROOT
 
 MEASURED = {
     "floor": {"name": "Celery floor", "median": 200.0},
-    "pipeline": {"name": "Order pipeline", "median": 40.0, "tasks_per_order": 2.0, "floor": 200.0,
-                 "efficiency": 0.4, "stock_median": 8.0, "vs_stock": 5.0},
-    "pipeline_latency": {"name": "Pipeline at 150 ms", "latency_ms": 150, "median": 30.0, "today_median": 48.0,
-                         "zero_ms_median": 47.0, "ratio": 0.62, "zero_ratio": 0.98, "rss_ratio": 0.8,
-                         "shipped_rss_mb": 200.0, "today_rss_mb": 250.0},
+    "pipeline": {
+        "name": "Order pipeline",
+        "median": 40.0,
+        "tasks_per_order": 2.0,
+        "floor": 200.0,
+        "efficiency": 0.4,
+        "stock_median": 8.0,
+        "vs_stock": 5.0,
+    },
+    "pipeline_latency": {
+        "name": "Pipeline at 150 ms",
+        "latency_ms": 150,
+        "median": 30.0,
+        "today_median": 48.0,
+        "zero_ms_median": 47.0,
+        "ratio": 0.62,
+        "zero_ratio": 0.98,
+        "rss_ratio": 0.8,
+        "shipped_rss_mb": 200.0,
+        "today_rss_mb": 250.0,
+    },
     "latency": {"name": "Enqueue latency", "error": "RoundFailed: timed out after 600s waiting for gunicorn"},
-}  # fmt: skip
+}
 
 
 def verdicts(results: dict) -> dict[str, str]:

@@ -37,8 +37,12 @@ def test_a_real_worker_runs_a_task_through_sentinel(process_env: dict[str, str],
         worker.wait_started()
         sent = subprocess.run(
             [sys.executable, "manage.py", "run_task", "ops.tasks.cleanup_failures", "--wait", "--timeout", "60"],
-            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sent.returncode == 0, sent.stderr + worker.output()[-3000:]
 
     row = TaskResult.objects.get(task_name="ops.tasks.cleanup_failures")
@@ -53,8 +57,12 @@ def test_a_real_worker_runs_a_task_through_sentinel(process_env: dict[str, str],
 def run_task(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", "run_task", "ops.tasks.cleanup_failures", "--wait", "--timeout", "90"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=150,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
 
 
 def test_a_worker_follows_a_sentinel_failover_and_keeps_taking_work(process_env: dict[str, str]) -> None:
@@ -81,8 +89,10 @@ def test_a_worker_follows_a_sentinel_failover_and_keeps_taking_work(process_env:
             master.process.wait()
             wait_for(
                 lambda: watcher.sentinel_get_master_addr_by_name(MASTER) == ("127.0.0.1", replica.port),
-                60, 0.2, "the sentinel to promote the replica",
-            )  # fmt: skip
+                60,
+                0.2,
+                "the sentinel to promote the replica",
+            )
 
             after = run_task(env)
             assert after.returncode == 0, after.stderr + worker.output()[-3000:]
@@ -121,8 +131,12 @@ def test_it_refuses_sentinel_without_a_master_name_and_redis_cluster_with_a_reas
     env = {key: value for key, value in os.environ.items() if key != "CELERY_BROKER_SENTINEL_MASTER"}
     result = subprocess.run(
         [sys.executable, "manage.py", "check"],
-        cwd=PROJECT_ROOT, env={**env, **values}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env={**env, **values},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert "ImproperlyConfigured" in last_line

@@ -31,8 +31,10 @@ def test_an_order_stores_its_result_without_a_started_write_and_its_email_stores
 
     email = wait_for(
         lambda: Notification.objects.filter(status="sent", subject_object=f"orders.order:{order.pk}").first(),
-        60, 0.1, "the order's email",
-    )  # fmt: skip
+        60,
+        0.1,
+        "the order's email",
+    )
     order.refresh_from_db()
     assert order.status == Order.Status.COMPLETED
     # The email can go out before the order's task, which queued it, has stored its result.

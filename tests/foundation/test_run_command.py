@@ -20,8 +20,10 @@ def fresh_copy(destination: Path) -> Path:
     """Copy what a clone would contain: tracked files plus new files that are not ignored."""
     listing = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=PROJECT_ROOT, capture_output=True, check=True,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        check=True,
+    )
     for name in filter(None, listing.stdout.decode().split("\0")):
         source = PROJECT_ROOT / name
         if source.is_file():
@@ -82,8 +84,11 @@ def test_the_run_command_brings_up_web_worker_and_beat_from_a_fresh_clone_and_st
         def worker_pongs() -> bool:
             ping = subprocess.run(
                 [str(clone / ".venv/bin/celery"), "-A", "config", "inspect", "ping", "--timeout", "3"],
-                cwd=clone, env={**env, "DEBUG": "1"}, capture_output=True, text=True,
-            )  # fmt: skip
+                cwd=clone,
+                env={**env, "DEBUG": "1"},
+                capture_output=True,
+                text=True,
+            )
             return "pong" in ping.stdout
 
         wait_for(worker_pongs, 60, 1, "the worker to answer inspect ping")

@@ -95,8 +95,11 @@ def test_debug_is_off_unless_turned_on(tmp_path: Path) -> None:
     env = clean_env(tmp_path, SECRET_KEY=secrets.token_urlsafe(50), DJANGO_SETTINGS_MODULE="config.settings")
     result = subprocess.run(
         [sys.executable, "-c", f"import django; django.setup(); {script}"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.stdout.strip() == "False", result.stderr
 
 

@@ -163,14 +163,13 @@ def test_promtool_check_metrics_passes_on_the_live_web_metrics(web_env) -> None:
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
     PeriodicTask.objects.create(
-        name="Sweep", task="orders.tasks.check_pending_orders",
+        name="Sweep",
+        task="orders.tasks.check_pending_orders",
         interval=IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS),
-    )  # fmt: skip
+    )
     with WebProcess({**web_env, "METRICS_TOKEN": "lint-token"}) as web:
         web.wait_ready()
-        response = HttpSession(web.base_url).request(
-            "GET", "/metrics", headers={"Authorization": "Bearer lint-token"}
-        )  # fmt: skip
+        response = HttpSession(web.base_url).request("GET", "/metrics", headers={"Authorization": "Bearer lint-token"})
     assert response.status == 200
     text = response.body.decode()
     assert "backoffice_schedule_late{" in text

@@ -8,9 +8,13 @@ from notifications.services import outbox
 
 def transactional(recipient: str = "alice@example.com", key: str = "t-1", **fields: object) -> Notification:
     return outbox.queue_email(
-        kind=fields.pop("kind", Notification.Kind.TEST), recipient=recipient, subject=fields.pop("subject", "Hello"),
-        body_text=fields.pop("body_text", "Hello there"), dedup_key=key, **fields,
-    )  # fmt: skip
+        kind=fields.pop("kind", Notification.Kind.TEST),
+        recipient=recipient,
+        subject=fields.pop("subject", "Hello"),
+        body_text=fields.pop("body_text", "Hello there"),
+        dedup_key=key,
+        **fields,
+    )
 
 
 def make_customers(count: int, prefix: str = "bulk") -> list[int]:

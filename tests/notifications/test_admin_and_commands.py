@@ -80,8 +80,13 @@ def test_the_campaign_page_shows_progress_and_start_cancel_buttons(admin_client)
 def test_the_progress_endpoint_is_staff_only(admin_client, customer_client) -> None:
     campaign = Campaign.objects.create(name="Spring", subject="Hi", body="Hello", status="sending", total=10, sent=4)
     assert admin_client.get(f"/api/campaigns/{campaign.pk}/").json() == {
-        "id": campaign.pk, "status": "sending", "total": 10, "sent": 4, "failed": 0, "progress": 40,
-    }  # fmt: skip
+        "id": campaign.pk,
+        "status": "sending",
+        "total": 10,
+        "sent": 4,
+        "failed": 0,
+        "progress": 40,
+    }
     assert customer_client.get(f"/api/campaigns/{campaign.pk}/").status_code == 403
     assert Client().get(f"/api/campaigns/{campaign.pk}/").status_code == 401
     assert admin_client.get("/api/campaigns/999999/").status_code == 404

@@ -133,8 +133,10 @@ def test_a_late_message_is_dropped_by_the_broker_and_marked_expired_not_sent(
     else:
         wait_for(
             lambda: TaskResult.objects.filter(task_id=message["headers"]["id"], status="REVOKED").exists(),
-            30, 0.2, "the worker to drop the expired message",
-        )  # fmt: skip
+            30,
+            0.2,
+            "the worker to drop the expired message",
+        )
     celery_app.send_task("notifications.tasks.requeue_stale_notifications")
 
     settled(notification)
@@ -290,9 +292,12 @@ def test_a_campaign_started_while_the_broker_is_down_is_sent_by_the_sweep_once_i
 
     with own_broker_server() as broker:
         env = {
-            **web_env, **FAST, "CELERY_BROKER_URL": broker.url, "EMAIL_URL": smtp_server.url,
+            **web_env,
+            **FAST,
+            "CELERY_BROKER_URL": broker.url,
+            "EMAIL_URL": smtp_server.url,
             "NOTIFICATION_REQUEUE_AFTER": "1s",
-        }  # fmt: skip
+        }
         with WebProcess(env) as web, WorkerProcess(env, concurrency=1) as worker:
             web.wait_ready()
             worker.wait_started()
@@ -309,9 +314,12 @@ def test_a_campaign_started_while_the_broker_is_down_is_sent_by_the_sweep_once_i
 
             broker.start()  # the launch message never made it (a Redis comes back empty, RabbitMQ never had it)
             sweep_until(
-                broker.url, "notifications.tasks.requeue_stale_notifications", spring, "done",
+                broker.url,
+                "notifications.tasks.requeue_stale_notifications",
+                spring,
+                "done",
                 "the sweep to launch the campaign once the broker is back",
-            )  # fmt: skip
+            )
 
     assert (spring.total, spring.sent) == (3, 3)
     for index in range(3):

@@ -19,9 +19,15 @@ pytestmark = pytest.mark.django_db
 
 def test_the_statement_is_planned_by_postgresql_against_the_real_tables() -> None:
     parameters = {
-        "status": "sent", "sent_at": timezone.now(), "error": "", "now": timezone.now(),
-        "notification_id": 1, "task_id": "t", "sent": 1, "failed": 0,
-    }  # fmt: skip
+        "status": "sent",
+        "sent_at": timezone.now(),
+        "error": "",
+        "now": timezone.now(),
+        "notification_id": 1,
+        "task_id": "t",
+        "sent": 1,
+        "failed": 0,
+    }
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN {sql.RECORD_BULK_EMAIL}", parameters)
         assert cursor.fetchall()

@@ -36,10 +36,21 @@ def plain_admin_client() -> Client:
 
 def form(interval: IntervalSchedule, **fields: str) -> dict[str, object]:
     data = {
-        "name": "Nightly sweep", "regtask": "orders.tasks.check_pending_orders", "task": "", "enabled": "on",
-        "interval": interval.pk, "args": "[]", "kwargs": "{}", "headers": "{}", "expire_seconds": "",
-        "description": "", "priority": "", "queue": "", "exchange": "", "routing_key": "",
-    }  # fmt: skip
+        "name": "Nightly sweep",
+        "regtask": "orders.tasks.check_pending_orders",
+        "task": "",
+        "enabled": "on",
+        "interval": interval.pk,
+        "args": "[]",
+        "kwargs": "{}",
+        "headers": "{}",
+        "expire_seconds": "",
+        "description": "",
+        "priority": "",
+        "queue": "",
+        "exchange": "",
+        "routing_key": "",
+    }
     data.update(fields)
     return data
 
@@ -83,8 +94,12 @@ def test_a_valid_schedule_is_saved(admin_client) -> None:
 def test_the_list_shows_plain_words_next_run_last_run_and_the_last_result(admin_client, settings) -> None:
     settings.TIME_ZONE = "Europe/Amsterdam"
     crontab = CrontabSchedule.objects.create(minute="5", hour="0", timezone="Europe/Amsterdam")
-    task = PeriodicTask.objects.create(name="Daily", task="reports.tasks.generate_daily_report", crontab=crontab,
-                                       last_run_at=timezone.now() - timedelta(hours=1))  # fmt: skip
+    task = PeriodicTask.objects.create(
+        name="Daily",
+        task="reports.tasks.generate_daily_report",
+        crontab=crontab,
+        last_run_at=timezone.now() - timedelta(hours=1),
+    )
     TaskResult.objects.create(task_id="old", task_name=task.task, periodic_task_name="Daily", status="SUCCESS")
     latest = TaskResult.objects.create(task_id="new", task_name=task.task, periodic_task_name="Daily", status="FAILURE")
 
@@ -97,9 +112,10 @@ def test_the_list_shows_plain_words_next_run_last_run_and_the_last_result(admin_
 
 def test_the_change_page_shows_the_next_five_runs_and_the_last_ten_results(admin_client) -> None:
     task = PeriodicTask.objects.create(
-        name="Often", task="orders.tasks.check_pending_orders",
+        name="Often",
+        task="orders.tasks.check_pending_orders",
         interval=IntervalSchedule.objects.create(every=1, period="minutes"),
-    )  # fmt: skip
+    )
     for index in range(12):
         TaskResult.objects.create(
             task_id=f"run-{index}", task_name=task.task, periodic_task_name="Often", status="SUCCESS"
@@ -129,9 +145,14 @@ def test_a_shared_schedule_shows_which_tasks_use_it(admin_client) -> None:
 
 def test_run_now_sends_with_the_stored_args_queue_priority_and_expires(admin_client, broker) -> None:
     task = PeriodicTask.objects.create(
-        name="Process 7", task="orders.tasks.process_order", args="[7]", queue="low_priority", priority=3,
-        expire_seconds=30, interval=IntervalSchedule.objects.create(every=1, period="hours"),
-    )  # fmt: skip
+        name="Process 7",
+        task="orders.tasks.process_order",
+        args="[7]",
+        queue="low_priority",
+        priority=3,
+        expire_seconds=30,
+        interval=IntervalSchedule.objects.create(every=1, period="hours"),
+    )
 
     response = admin_client.post(
         "/admin/django_celery_beat/periodictask/", {"action": "run_now", "_selected_action": [task.pk]}, follow=True
@@ -150,11 +171,17 @@ def test_run_now_sends_with_the_stored_args_queue_priority_and_expires(admin_cli
 
 def test_staff_without_the_permission_cannot_run_or_retry(plain_admin_client, broker) -> None:
     task = PeriodicTask.objects.create(
-        name="Sweep", task="orders.tasks.check_pending_orders",
+        name="Sweep",
+        task="orders.tasks.check_pending_orders",
         interval=IntervalSchedule.objects.create(every=1, period="hours"),
-    )  # fmt: skip
-    result = TaskResult.objects.create(task_id="failed-1", task_name="orders.tasks.check_pending_orders",
-                                       status="FAILURE", task_args='"[]"', task_kwargs='"{}"')  # fmt: skip
+    )
+    result = TaskResult.objects.create(
+        task_id="failed-1",
+        task_name="orders.tasks.check_pending_orders",
+        status="FAILURE",
+        task_args='"[]"',
+        task_kwargs='"{}"',
+    )
 
     listing = plain_admin_client.get("/admin/django_celery_beat/periodictask/").content.decode()
     assert "run_now" not in listing
@@ -173,9 +200,12 @@ def test_retry_sends_the_original_json_arguments_as_a_new_task_linked_to_the_old
     admin_client, broker, admin_user, django_capture_on_commit_callbacks
 ) -> None:
     old = TaskResult.objects.create(
-        task_id="digest-1", task_name="notifications.tasks.send_digest_chunk", status="FAILURE",
-        task_args=json.dumps("[10,20]"), task_kwargs=json.dumps("{}"),
-    )  # fmt: skip
+        task_id="digest-1",
+        task_name="notifications.tasks.send_digest_chunk",
+        status="FAILURE",
+        task_args=json.dumps("[10,20]"),
+        task_kwargs=json.dumps("{}"),
+    )
 
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(
@@ -192,9 +222,12 @@ def test_retry_sends_the_original_json_arguments_as_a_new_task_linked_to_the_old
 
 def test_a_result_whose_arguments_are_a_python_repr_is_not_retried(admin_client) -> None:
     old = TaskResult.objects.create(
-        task_id="legacy", task_name="orders.tasks.process_order", status="FAILURE",
-        task_args=json.dumps("(42,)"), task_kwargs=json.dumps("{}"),
-    )  # fmt: skip
+        task_id="legacy",
+        task_name="orders.tasks.process_order",
+        status="FAILURE",
+        task_args=json.dumps("(42,)"),
+        task_kwargs=json.dumps("{}"),
+    )
     response = admin_client.post(
         "/admin/django_celery_results/taskresult/",
         {"action": "retry_selected", "_selected_action": [old.pk]},
@@ -207,11 +240,19 @@ def test_a_result_whose_arguments_are_a_python_repr_is_not_retried(admin_client)
 def test_a_results_page_links_to_its_order_and_filters_by_task_and_periodic_task(admin_client, customer) -> None:
     order = place(customer, (product(), 1))
     result = TaskResult.objects.create(
-        task_id="order-run", task_name="orders.tasks.process_order", status="SUCCESS", periodic_task_name="",
-        task_args=json.dumps(json.dumps([order.pk])), task_kwargs=json.dumps("{}"),
-    )  # fmt: skip
-    TaskResult.objects.create(task_id="other", task_name="reports.tasks.generate_daily_report", status="SUCCESS",
-                              periodic_task_name="Reports: daily sales")  # fmt: skip
+        task_id="order-run",
+        task_name="orders.tasks.process_order",
+        status="SUCCESS",
+        periodic_task_name="",
+        task_args=json.dumps(json.dumps([order.pk])),
+        task_kwargs=json.dumps("{}"),
+    )
+    TaskResult.objects.create(
+        task_id="other",
+        task_name="reports.tasks.generate_daily_report",
+        status="SUCCESS",
+        periodic_task_name="Reports: daily sales",
+    )
 
     page = admin_client.get(f"/admin/django_celery_results/taskresult/{result.pk}/change/").content.decode()
     assert f'href="/admin/orders/order/{order.pk}/change/">order #{order.pk}</a>' in page

@@ -29,26 +29,56 @@ def test_a_schedule_created_changed_and_disabled_in_the_admin_takes_effect_witho
     with BeatProcess(process_env) as beat:
         wait_for(lambda: "is the leader now" in beat.output(), 30, 0.2, "beat to lead")
 
-        response = admin_client.post("/admin/django_celery_beat/periodictask/add/", {
-            "name": "Sweep often", "regtask": "orders.tasks.check_pending_orders", "task": "", "enabled": "on",
-            "interval": every_second.pk, "args": "[]", "kwargs": "{}", "headers": "{}", "expire_seconds": "5",
-            "description": "", "priority": "", "queue": "", "exchange": "", "routing_key": "",
-        })  # fmt: skip
+        response = admin_client.post(
+            "/admin/django_celery_beat/periodictask/add/",
+            {
+                "name": "Sweep often",
+                "regtask": "orders.tasks.check_pending_orders",
+                "task": "",
+                "enabled": "on",
+                "interval": every_second.pk,
+                "args": "[]",
+                "kwargs": "{}",
+                "headers": "{}",
+                "expire_seconds": "5",
+                "description": "",
+                "priority": "",
+                "queue": "",
+                "exchange": "",
+                "routing_key": "",
+            },
+        )
         assert response.status_code == 302, response.context["adminform"].form.errors
         wait_for(lambda: runs_of("Sweep often") >= 2, 30, 0.2, "the new schedule's runs")
 
         task = PeriodicTask.objects.get(name="Sweep often")
-        admin_client.post(f"/admin/django_celery_beat/periodictask/{task.pk}/change/", {
-            "name": "Sweep often", "regtask": "notifications.tasks.requeue_stale_notifications", "task": "",
-            "enabled": "on", "interval": every_second.pk, "args": "[]", "kwargs": "{}", "headers": "{}",
-            "expire_seconds": "5", "description": "", "priority": "", "queue": "", "exchange": "", "routing_key": "",
-        })  # fmt: skip
+        admin_client.post(
+            f"/admin/django_celery_beat/periodictask/{task.pk}/change/",
+            {
+                "name": "Sweep often",
+                "regtask": "notifications.tasks.requeue_stale_notifications",
+                "task": "",
+                "enabled": "on",
+                "interval": every_second.pk,
+                "args": "[]",
+                "kwargs": "{}",
+                "headers": "{}",
+                "expire_seconds": "5",
+                "description": "",
+                "priority": "",
+                "queue": "",
+                "exchange": "",
+                "routing_key": "",
+            },
+        )
         wait_for(
             lambda: TaskResult.objects.filter(
                 periodic_task_name="Sweep often", task_name="notifications.tasks.requeue_stale_notifications"
             ).exists(),
-            30, 0.2, "the edited schedule's task",
-        )  # fmt: skip
+            30,
+            0.2,
+            "the edited schedule's task",
+        )
 
         admin_client.post(
             "/admin/django_celery_beat/periodictask/", {"action": "disable_tasks", "_selected_action": [task.pk]}
@@ -67,9 +97,10 @@ def test_two_beats_send_each_run_once_and_the_standby_takes_over_when_the_leader
 ) -> None:
     start_worker_process()
     PeriodicTask.objects.create(
-        name="Every two seconds", task="orders.tasks.check_pending_orders",
+        name="Every two seconds",
+        task="orders.tasks.check_pending_orders",
         interval=IntervalSchedule.objects.create(every=2, period=IntervalSchedule.SECONDS),
-    )  # fmt: skip
+    )
     with BeatProcess(process_env) as first, BeatProcess(process_env) as second:
         wait_for(lambda: BeatHeartbeat.objects.count() == 2, 30, 0.2, "both beats to report")
         leaders = wait_for(

@@ -101,11 +101,15 @@ def test_task_status_shows_the_arguments_the_object_and_the_retries(customer) ->
 
     order = place(customer, (product(), 1))
     TaskResult.objects.create(
-        task_id="t-1", task_name="orders.tasks.process_order", status="FAILURE",
-        task_args=json.dumps(json.dumps([order.pk])), task_kwargs=json.dumps("{}"),
-    )  # fmt: skip
-    TaskRun.objects.create(task_name="orders.tasks.process_order", task_id="t-2", args=[order.pk],
-                           source="retry", retry_of="t-1")  # fmt: skip
+        task_id="t-1",
+        task_name="orders.tasks.process_order",
+        status="FAILURE",
+        task_args=json.dumps(json.dumps([order.pk])),
+        task_kwargs=json.dumps("{}"),
+    )
+    TaskRun.objects.create(
+        task_name="orders.tasks.process_order", task_id="t-2", args=[order.pk], source="retry", retry_of="t-1"
+    )
 
     out = run("task_status", "t-1")
     assert f"arguments: args [{order.pk}], kwargs {{}}" in out

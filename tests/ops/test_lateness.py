@@ -33,8 +33,9 @@ def _no_extra_grace(settings) -> None:
     settings.SCHEDULE_GRACE = timedelta(0)
 
 
-def schedule(name: str = "Job", task: str = SUCCEEDS, *, changed: datetime, last_run: datetime | None = None,
-             **fields: object) -> PeriodicTask:  # fmt: skip
+def schedule(
+    name: str = "Job", task: str = SUCCEEDS, *, changed: datetime, last_run: datetime | None = None, **fields: object
+) -> PeriodicTask:
     if "interval" not in fields and "crontab" not in fields and "clocked" not in fields and "solar" not in fields:
         fields["interval"] = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)[0]
     row = PeriodicTask.objects.create(name=name, task=task, **fields)
@@ -45,9 +46,12 @@ def schedule(name: str = "Job", task: str = SUCCEEDS, *, changed: datetime, last
 
 def result(name: str, status: str, done: datetime, value: object = None) -> TaskResult:
     row = TaskResult.objects.create(
-        task_id=f"{name}-{status}-{done.timestamp()}", task_name=SUCCEEDS, status=status,
-        periodic_task_name=name, result=json.dumps(value),
-    )  # fmt: skip
+        task_id=f"{name}-{status}-{done.timestamp()}",
+        task_name=SUCCEEDS,
+        status=status,
+        periodic_task_name=name,
+        result=json.dumps(value),
+    )
     TaskResult.objects.filter(pk=row.pk).update(date_done=done)
     return row
 
@@ -300,14 +304,20 @@ def test_a_schedule_whose_messages_expired_before_a_worker_took_them_is_late_for
     assert beat.alive() is False
     # Nobody consumed low_priority while beat ran; once the last message's expiry has
     # passed, a worker for low_priority finds only expired messages.
-    wait_for(lambda: timezone.now() > PeriodicTask.objects.get(name="Expiring").last_run_at + timedelta(seconds=1),
-             10, 0.1, "the last message to expire")  # fmt: skip
+    wait_for(
+        lambda: timezone.now() > PeriodicTask.objects.get(name="Expiring").last_run_at + timedelta(seconds=1),
+        10,
+        0.1,
+        "the last message to expire",
+    )
     with WorkerProcess(process_env, queues="low_priority", extra=tasks.INCLUDE) as worker:
         worker.wait_ready(celery_app)
         wait_for(
             lambda: TaskResult.objects.filter(periodic_task_name="Expiring", status="REVOKED").exists(),
-            30, 0.2, "the worker to drop the expired messages",
-        )  # fmt: skip
+            30,
+            0.2,
+            "the worker to drop the expired messages",
+        )
     assert not TaskResult.objects.filter(periodic_task_name="Expiring", status="SUCCESS").exists()
     assert sent is not None
     # Checked as it stood when the grace after beat's last send was over (beat was stopped above).

@@ -26,10 +26,16 @@ pytestmark = pytest.mark.django_db
 
 # Every name /metrics had before issue 17 (README "Health, metrics and logs"); dashboards and alerts use them.
 EXISTING_NAMES = {
-    "backoffice_up", "backoffice_queue_depth", "backoffice_workers_online", "backoffice_beat_heartbeat_age_seconds",
-    "backoffice_task_results", "backoffice_task_failures_24h", "backoffice_order_retries_24h",
-    "backoffice_orders_unfinished", "backoffice_emails_unsent",
-}  # fmt: skip
+    "backoffice_up",
+    "backoffice_queue_depth",
+    "backoffice_workers_online",
+    "backoffice_beat_heartbeat_age_seconds",
+    "backoffice_task_results",
+    "backoffice_task_failures_24h",
+    "backoffice_order_retries_24h",
+    "backoffice_orders_unfinished",
+    "backoffice_emails_unsent",
+}
 # Tables that grow with the shop's business: a scrape must never read one from end to end.
 GROWING_TABLES = {"django_celery_results_taskresult", "orders_order", "orders_orderevent", "notifications_notification"}
 
@@ -70,8 +76,9 @@ def test_stored_result_counts_match_a_full_count_as_hours_settle_and_expire() ->
     assert result_counts.stored_result_counts(now) == full_count()
     # The settled hours (11:00 and earlier are over an hour old at 12:30) are tallied; the oldest is counted live.
     assert set(TaskResultTally.objects.values_list("hour", flat=True)) == {
-        datetime(2026, 3, 18, 9, 0, tzinfo=UTC), datetime(2026, 3, 18, 10, 0, tzinfo=UTC),
-    }  # fmt: skip
+        datetime(2026, 3, 18, 9, 0, tzinfo=UTC),
+        datetime(2026, 3, 18, 10, 0, tzinfo=UTC),
+    }
 
     # Expiry deletes the oldest results: their hour's tally goes, and the new oldest hour is counted live.
     TaskResult.objects.filter(date_done__lt=now - timedelta(hours=4)).delete()
@@ -155,9 +162,15 @@ def test_emails_past_their_deadline_are_counted_by_class(admin_client, settings)
 
     def email(key: str, kind: str, age: timedelta, status: str = "queued", expires: timedelta | None = None) -> None:
         Notification.objects.create(
-            recipient="a@example.com", kind=kind, subject="s", body_text="b", dedup_key=key, status=status,
-            created_at=now - age, expires_at=now - expires if expires is not None else None,
-        )  # fmt: skip
+            recipient="a@example.com",
+            kind=kind,
+            subject="s",
+            body_text="b",
+            dedup_key=key,
+            status=status,
+            created_at=now - age,
+            expires_at=now - expires if expires is not None else None,
+        )
 
     email("late", "order_completed", timedelta(minutes=25))  # 10 minutes past its deadline
     email("reset", "password_reset", timedelta(minutes=2), expires=timedelta(minutes=1))  # expired a minute ago
@@ -183,8 +196,10 @@ def test_workers_per_queue_and_the_answers_age_come_from_the_recent_census(admin
     metrics = scrape(admin_client)
     assert metrics["backoffice_workers_online"][()] == 2
     assert metrics["backoffice_queue_workers"] == {
-        (("queue", "high_priority"),): 2, (("queue", "default"),): 1, (("queue", "low_priority"),): 0,
-    }  # fmt: skip
+        (("queue", "high_priority"),): 2,
+        (("queue", "default"),): 1,
+        (("queue", "low_priority"),): 0,
+    }
     assert 4 <= metrics["backoffice_workers_ping_age_seconds"][()] < 30
 
 

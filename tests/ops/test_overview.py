@@ -28,8 +28,9 @@ def test_it_shows_each_queues_workers_late_schedules_and_each_tasks_figures_from
     PeriodicTask.objects.filter(pk=stuck.pk).update(
         date_changed=timezone.now() - timedelta(days=1), last_run_at=timezone.now() - timedelta(hours=3)
     )
-    PeriodicTask.objects.create(name="Switched off", task="orders.tasks.check_pending_orders", interval=hourly,
-                                enabled=False)  # fmt: skip
+    PeriodicTask.objects.create(
+        name="Switched off", task="orders.tasks.check_pending_orders", interval=hourly, enabled=False
+    )
     client.force_login(staff)
     with WorkerProcess(process_env, queues="high_priority,default", extra=tasks.INCLUDE) as worker:
         worker.wait_ready(celery_app)

@@ -25,8 +25,13 @@ RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1
 def manage(env: dict[str, str], *args: str, answer: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=PROJECT_ROOT, env=env, input=answer, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=PROJECT_ROOT,
+        env=env,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # Publishes `count` no-op tasks to a queue through the project's settings, as web would; on
@@ -120,8 +125,10 @@ def test_active_tasks_shows_each_workers_running_task_and_the_order_it_works_on(
         sent = tasks.works_on_order.apply_async((order.pk, str(release)), queue="low_priority")
         wait_for(
             lambda: TaskResult.objects.filter(task_id=sent.id, status="STARTED").exists(),
-            60, 0.2, "the task to start",
-        )  # fmt: skip
+            60,
+            0.2,
+            "the task to start",
+        )
 
         out = StringIO()
         call_command("active_tasks", "--timeout", "5", stdout=out)

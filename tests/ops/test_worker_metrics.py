@@ -79,16 +79,21 @@ def test_a_worker_counts_each_outcome_once_times_its_tasks_and_shows_what_runs_n
         assert worker.outcomes(tasks.always_fails, "failed") == 2
         assert worker.outcomes(tasks.rejects, "failed") == 0  # a rejection is not also a failure
         assert worker.outcomes(tasks.retries_once, "retried") == 1
-        assert worker.value(
-            "backoffice_worker_task_failures_total", task=tasks.always_fails.name, exception="ValueError"
-        ) == 2  # fmt: skip
+        assert (
+            worker.value("backoffice_worker_task_failures_total", task=tasks.always_fails.name, exception="ValueError")
+            == 2
+        )
         # Every run in the pool is timed; the expired message never ran.
         assert worker.value("backoffice_worker_task_duration_seconds_count", task=tasks.succeeds.name) == 3
         assert worker.value("backoffice_worker_task_duration_seconds_sum", task=tasks.succeeds.name) > 0
 
         tasks.sleeps.delay(3)
-        wait_for(lambda: worker.value("backoffice_worker_tasks_running", task=tasks.sleeps.name) == 1, 30, 0.1,
-                 "the sleeping task to show as running")  # fmt: skip
+        wait_for(
+            lambda: worker.value("backoffice_worker_tasks_running", task=tasks.sleeps.name) == 1,
+            30,
+            0.1,
+            "the sleeping task to show as running",
+        )
         wait_for_outcome(worker, tasks.sleeps, "succeeded", 1)
         assert worker.value("backoffice_worker_tasks_running", task=tasks.sleeps.name) == 0
 
@@ -104,8 +109,12 @@ def test_the_main_process_counts_a_child_lost_mid_task_and_keeps_the_dead_childs
         tasks.succeeds.delay()
         wait_for_outcome(worker, tasks.succeeds, "succeeded", 1)
         tasks.hangs_once.delay(30)
-        wait_for(lambda: worker.value("backoffice_worker_tasks_running", task=tasks.hangs_once.name) == 1, 30, 0.1,
-                 "the task to run")  # fmt: skip
+        wait_for(
+            lambda: worker.value("backoffice_worker_tasks_running", task=tasks.hangs_once.name) == 1,
+            30,
+            0.1,
+            "the task to run",
+        )
         (child,) = worker.child_pids()
         os.kill(child, signal.SIGKILL)
         # task_retry_on_worker_lost: the main process retries it, and a new child runs the retry.

@@ -31,8 +31,11 @@ def test_placing_an_order_answers_202_with_its_location(customer_client, custome
     assert response.status_code == 202
     order = Order.objects.get()
     assert response.json() == {
-        "id": order.pk, "status": "pending", "url": f"/api/orders/{order.pk}/", "page_url": f"/orders/{order.pk}/",
-    }  # fmt: skip
+        "id": order.pk,
+        "status": "pending",
+        "url": f"/api/orders/{order.pk}/",
+        "page_url": f"/orders/{order.pk}/",
+    }
     assert response["Location"] == f"/api/orders/{order.pk}/"
     assert (order.customer, str(order.total)) == (customer, "25.00")
     assert list(order.lines.values_list("quantity", "unit_price")) == [(2, mug.price)]
@@ -85,14 +88,17 @@ BAD_REQUESTS = [
     pytest.param({"lines": [{"sku": "MUG", "quantity": 1.5}]}, "lines.0.quantity", id="fractional quantity"),
     pytest.param({"lines": [{"sku": "MUG", "quantity": True}]}, "lines.0.quantity", id="boolean quantity"),
     pytest.param({"lines": [{"sku": 7, "quantity": 1}]}, "lines.0.sku", id="sku as a number"),
-    pytest.param({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "MUG", "quantity": 1}]}, "lines.1.sku",
-                 id="the same sku twice"),
+    pytest.param(
+        {"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "MUG", "quantity": 1}]},
+        "lines.1.sku",
+        id="the same sku twice",
+    ),
     pytest.param({"lines": ["MUG"]}, "lines.0", id="line not an object"),
     pytest.param({"lines": {"sku": "MUG"}}, "lines", id="lines not a list"),
     pytest.param([1, 2], "body", id="body not an object"),
     pytest.param(b"{not json", "body", id="not json"),
     pytest.param({"lines": [{"sku": "MUG", "quantity": 1}] * 51}, "lines", id="too many lines"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("body", "field"), BAD_REQUESTS)

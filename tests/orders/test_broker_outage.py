@@ -45,9 +45,12 @@ def test_an_order_placed_while_the_broker_is_down_is_saved_pending_and_completed
 
             broker.start()  # the message never made it (a Redis comes back empty, RabbitMQ never had it)
             sweep_until(
-                broker.url, "orders.tasks.check_pending_orders", order, "completed",
+                broker.url,
+                "orders.tasks.check_pending_orders",
+                order,
+                "completed",
                 "the sweep to send the order once the broker is back",
-            )  # fmt: skip
+            )
 
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 4

@@ -56,8 +56,11 @@ def test_api_me_says_who_the_session_belongs_to_and_401_without_one(customer_cli
     anonymous = Client().get("/api/me/")
     assert anonymous.status_code == 401 and "error" in anonymous.json()
     assert customer_client.get("/api/me/").json() == {
-        "id": customer.pk, "username": customer.username, "email": customer.email, "is_staff": False,
-    }  # fmt: skip
+        "id": customer.pk,
+        "username": customer.username,
+        "email": customer.email,
+        "is_staff": False,
+    }
     assert customer_client.post("/api/me/").status_code in (403, 405)
 
 

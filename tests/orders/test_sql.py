@@ -19,11 +19,16 @@ pytestmark = pytest.mark.django_db
 NOW = timezone.now()
 PARAMETERS = {
     "INSERT_ORDER": {
-        "skus": ["MUG-001"], "quantities": [1], "line_count": 1, "customer_id": 1, "now": NOW,
-        "idempotency_key": None, "request_fingerprint": "",
+        "skus": ["MUG-001"],
+        "quantities": [1],
+        "line_count": 1,
+        "customer_id": 1,
+        "now": NOW,
+        "idempotency_key": None,
+        "request_fingerprint": "",
     },
     "CLAIM_ORDER": {"order_id": 1, "task_id": "t", "now": NOW, "lease_expires_at": NOW},
-}  # fmt: skip
+}
 
 
 def _inserted_columns(statement: str, table: str) -> set[str]:

@@ -75,8 +75,10 @@ def test_the_figures_match_an_independent_calculation(kind: str, start: date, en
     summary = report.summary
     assert report.status == "done" and report.progress == 100
     assert (summary["revenue"], summary["order_count"], summary["average_order_value"]) == (
-        want["revenue"], want["order_count"], want["average_order_value"],
-    )  # fmt: skip
+        want["revenue"],
+        want["order_count"],
+        want["average_order_value"],
+    )
     got_top = [(p["sku"], p["quantity"], p["revenue"]) for p in summary["top_products"]]
     assert got_top == want["top_products"]
     assert "completed orders only" in summary["definition"] and ZONE in summary["definition"]

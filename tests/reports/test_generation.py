@@ -47,8 +47,10 @@ def test_a_chord_on_real_workers_gives_the_figures_of_one_slice_and_moves_progre
     # The callback marks the report done, then returns; its result row follows a moment later.
     wait_for(
         lambda: TaskResult.objects.filter(task_name="reports.tasks.finish_report", status="SUCCESS").count() == 1,
-        10, 0.05, "the chord callback's result",
-    )  # fmt: skip
+        10,
+        0.05,
+        "the chord callback's result",
+    )
 
     single = requesting.request_report(kind="custom", start=date(2025, 3, 1), end=date(2025, 3, 31), enqueue=False)
     from django.test import override_settings
@@ -67,11 +69,17 @@ def test_a_scheduled_monthly_report_runs_on_a_worker_for_the_previous_month(star
     last_month_end = first_of_month - timedelta(days=1)
     ny = ZoneInfo(zone)
     sales = [
-        Sale(datetime.combine(last_month_end, datetime.min.time(), tzinfo=ny) + timedelta(hours=23, minutes=30),
-             "completed", (("MUG", 1, 10),)),
-        Sale(datetime.combine(first_of_month, datetime.min.time(), tzinfo=ny) + timedelta(minutes=30),
-             "completed", (("MUG", 5, 10),)),
-    ]  # fmt: skip
+        Sale(
+            datetime.combine(last_month_end, datetime.min.time(), tzinfo=ny) + timedelta(hours=23, minutes=30),
+            "completed",
+            (("MUG", 1, 10),),
+        ),
+        Sale(
+            datetime.combine(first_of_month, datetime.min.time(), tzinfo=ny) + timedelta(minutes=30),
+            "completed",
+            (("MUG", 5, 10),),
+        ),
+    ]
     make_sales(sales)
     start_worker_process(TIME_ZONE=zone)
 

@@ -32,8 +32,18 @@ def test_staff_see_the_list_the_page_the_json_and_download_the_files(admin_clien
     assert "€20.00" in page and f"/reports/{done_report.pk}/chart.png" in page
 
     body = admin_client.get(f"/api/reports/{done_report.pk}/").json()
-    assert set(body) == {"id", "kind", "period_start", "period_end", "status", "progress", "summary", "error",
-                         "csv_url", "chart_url"}  # fmt: skip
+    assert set(body) == {
+        "id",
+        "kind",
+        "period_start",
+        "period_end",
+        "status",
+        "progress",
+        "summary",
+        "error",
+        "csv_url",
+        "chart_url",
+    }
     assert (body["status"], body["progress"], body["summary"]["revenue"]) == ("done", 100, "20.00")
     assert body["csv_url"] == f"/reports/{done_report.pk}/download/"
 

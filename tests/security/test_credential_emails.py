@@ -134,11 +134,13 @@ def test_a_flood_of_reset_emails_leaves_order_emails_their_share_of_the_rate_lim
     settings.EMAIL_RATE_LIMIT = (60, 3600)  # a burst of 6, then one a minute: nothing refills during the test
     resets = [
         transactional(
-            kind=Notification.Kind.PASSWORD_RESET, key=f"r{i}", recipient=f"user{i}@example.com",
+            kind=Notification.Kind.PASSWORD_RESET,
+            key=f"r{i}",
+            recipient=f"user{i}@example.com",
             credential_expires_at=timezone.now() + timedelta(days=3),
         )
         for i in range(10)
-    ]  # fmt: skip
+    ]
     outcomes = [outbox.send_notification(reset.pk, attempt=Attempt(f"r{reset.pk}")) for reset in resets]
     order_email = transactional(kind=Notification.Kind.ORDER_COMPLETED, key="order")
 
@@ -154,9 +156,11 @@ def test_with_a_real_worker_an_order_email_goes_out_while_a_reset_flood_waits(
     start_worker_process(EMAIL_URL=smtp_server.url, EMAIL_RATE_LIMIT="30/m")
     for i in range(30):
         transactional(
-            kind=Notification.Kind.PASSWORD_RESET, key=f"r{i}", recipient=f"user{i}@example.com",
+            kind=Notification.Kind.PASSWORD_RESET,
+            key=f"r{i}",
+            recipient=f"user{i}@example.com",
             credential_expires_at=timezone.now() + timedelta(days=3),
-        )  # fmt: skip
+        )
     wait_for(lambda: Notification.objects.filter(kind="password_reset", status="sent").exists(), 30, 0.1, "resets")
     order_email = transactional(kind=Notification.Kind.ORDER_COMPLETED, key="order")
 

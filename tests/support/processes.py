@@ -141,9 +141,21 @@ class WorkerProcess(ManagedProcess):
     ) -> None:
         self.nodename = f"test-{uuid.uuid4().hex[:8]}@localhost"
         args = celery_command(
-            "worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", self.nodename,
-            "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra,
-        )  # fmt: skip
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "-n",
+            self.nodename,
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+            *extra,
+        )
         super().__init__(args, env, label="worker")
 
     @classmethod

@@ -56,10 +56,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = redis.Redis.from_url(self.url)
         wait_for(lambda: _pings(client), 10, 0.05, "the test's redis-server to answer")
         return self
@@ -258,9 +271,19 @@ class WebProcess(ManagedProcess):
     def __init__(self, env: dict[str, str], workers: int = 2, threads: int = 1) -> None:
         self.port = free_port()
         args = [
-            sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application",
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--threads", str(threads),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "config/gunicorn.py",
+            "config.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ]
         super().__init__(args, {**env, "ALLOWED_HOSTS": "127.0.0.1,localhost"}, label="web")
 
     @property
@@ -319,12 +342,20 @@ class HttpSession:
 
     def _set_cookie(self, name: str, value: str) -> None:
         self.jar.set_cookie(
-            http.cookiejar.Cookie(0, name, value, None, False, "127.0.0.1", False, False, "/", True, False, None,
-                                  True, None, None, {})
-        )  # fmt: skip
+            http.cookiejar.Cookie(
+                0, name, value, None, False, "127.0.0.1", False, False, "/", True, False, None, True, None, None, {}
+            )
+        )
 
-    def request(self, method: str, path: str, payload: object = None, headers: dict[str, str] | None = None,
-                timeout: float = 30, form: dict | None = None) -> Response:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        path: str,
+        payload: object = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+        form: dict | None = None,
+    ) -> Response:
         """Send `payload` as JSON, or `form` as an HTML form would (the admin's actions)."""
         if form is not None:
             data, content_type = urllib.parse.urlencode(form, doseq=True).encode(), "application/x-www-form-urlencoded"
