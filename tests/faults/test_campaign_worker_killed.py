@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
+from django.conf import settings
 from django.db import transaction
 
-from config import celery_app
 from notifications.models import Campaign, Notification
 from notifications.services import campaigns
 from tests.notifications.helpers import make_customers
+from tests.support.broker import sweep_until
 from tests.support.processes import wait_for
 from tests.support.smtp import SmtpServer
 
@@ -43,16 +43,17 @@ def test_a_worker_killed_mid_chunk_loses_no_email_and_sends_none_twice_once_the_
 
         start_worker_process(concurrency=1, EMAIL_URL=server.url, **timing)
 
-        def swept_and_done() -> bool:
-            celery_app.send_task("notifications.tasks.requeue_stale_notifications")
-            time.sleep(1)
-            spring.refresh_from_db()
-            return spring.status == "done"
-
         # Done means no row is queued or being sent: no email can go out after this.
         # (The killed worker's message stays unacknowledged in Redis for the
         # visibility timeout, so the broker is not idle.)
-        wait_for(swept_and_done, 120, 0, "the sweep to finish the campaign")
+        sweep_until(
+            settings.CELERY_BROKER_URL,
+            "notifications.tasks.requeue_stale_notifications",
+            spring,
+            "done",
+            "the sweep to finish the campaign",
+            timeout=120,
+        )
 
     with server.inbox.lock:
         per_recipient = Counter(message["To"] for message in server.inbox.messages)

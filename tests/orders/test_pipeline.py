@@ -15,7 +15,7 @@ from config import celery_app
 from orders.models import Order, Payment
 from tests.factories import StaffFactory
 from tests.orders.helpers import fault, ledger, place, product, stock_of
-from tests.support.broker import wait_until_idle
+from tests.support.broker import sweep_until, wait_until_idle
 from tests.support.processes import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -192,13 +192,14 @@ def test_a_whole_worker_killed_mid_order_is_recovered_by_the_sweep_once_the_leas
     order.refresh_from_db()
     assert order.status == "processing"
 
-    def swept_and_done() -> bool:
-        celery_app.send_task("orders.tasks.check_pending_orders")
-        time.sleep(1)
-        order.refresh_from_db()
-        return order.status == "completed"
-
-    wait_for(swept_and_done, 60, 0, "the sweep to bring the order back")
+    sweep_until(
+        settings.CELERY_BROKER_URL,
+        "orders.tasks.check_pending_orders",
+        order,
+        "completed",
+        "the sweep to bring the order back",
+        timeout=60,
+    )
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 4
     if not settings.BROKER_IS_RABBITMQ:
@@ -245,13 +246,14 @@ def test_a_whole_shipped_worker_killed_mid_order_is_recovered_by_the_sweep_and_c
 
     start_shipped_workers("worker-default", **timing)
 
-    def swept_and_done() -> bool:
-        celery_app.send_task("orders.tasks.check_pending_orders")
-        time.sleep(1)
-        order.refresh_from_db()
-        return order.status == "completed"
-
-    wait_for(swept_and_done, 60, 0, "the sweep to bring the order back")
+    sweep_until(
+        settings.CELERY_BROKER_URL,
+        "orders.tasks.check_pending_orders",
+        order,
+        "completed",
+        "the sweep to bring the order back",
+        timeout=60,
+    )
     assert len(ledger(order)) == 1
     assert stock_of(mug) == 4
 
