@@ -10,11 +10,9 @@ queue depths.
 
 from __future__ import annotations
 
-import contextlib
-
 from config import celery_app
 from core.errors import Refused
-from ops.queues import CONNECT_TIMEOUT, project_queue_names, queue_depth
+from ops.queues import CONNECT_TIMEOUT, on_queue, project_queue_names, queue_depths
 
 
 def check_project_queue(name: str) -> str:
@@ -27,10 +25,7 @@ def check_project_queue(name: str) -> str:
 
 def waiting(name: str) -> int:
     """Messages waiting in the project queue `name` (raises Refused or the broker's error)."""
-    check_project_queue(name)
-    with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
-        return queue_depth(conn, name)
+    return queue_depths([check_project_queue(name)])[name]
 
 
 def purge(name: str) -> int:
@@ -38,17 +33,4 @@ def purge(name: str) -> int:
     check_project_queue(name)
     with celery_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
-        if conn.transport.driver_type != "amqp":
-            return conn.default_channel.queue_purge(name) or 0
-        # On RabbitMQ a queue no worker has declared yet does not exist (404 closes
-        # the channel), and holds nothing: a channel of its own, as ops.queues does.
-        channel = conn.channel()
-        try:
-            return channel.queue_purge(name) or 0
-        except conn.channel_errors as exc:
-            if getattr(exc, "code", None) == 404:
-                return 0
-            raise
-        finally:
-            with contextlib.suppress(Exception):  # the broker may have closed it already
-                channel.close()
+        return on_queue(conn, lambda channel: channel.queue_purge(name) or 0)

@@ -20,10 +20,11 @@ Messages a worker holds (prefetched, running) and RabbitMQ's delayed messages
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from django.conf import settings
 from kombu import Connection
+from kombu.transport.base import StdChannel as Channel
 
 from config import celery_app
 
@@ -36,14 +37,18 @@ def project_queue_names() -> list[str]:
     return [queue.name for queue in settings.CELERY_TASK_QUEUES]
 
 
-def queue_depth(conn: Connection, name: str) -> int:
-    """Messages waiting in the queue `name` on the open broker connection `conn`."""
+def on_queue(conn: Connection, call: Callable[[Channel], int]) -> int:
+    """`call(channel)` for one queue on the open connection `conn`; on RabbitMQ a queue that does not exist holds 0.
+
+    On RabbitMQ a failed queue operation closes its channel, so each call gets a
+    channel of its own, and NOT_FOUND (no worker has declared the queue yet)
+    means nothing waits there.
+    """
     if conn.transport.driver_type != "amqp":
-        return conn.default_channel.queue_declare(queue=name).message_count
-    # A failed passive declare closes its channel, so each queue gets a channel of its own.
+        return call(conn.default_channel)
     channel = conn.channel()
     try:
-        return channel.queue_declare(queue=name, passive=True).message_count
+        return call(channel)
     except conn.channel_errors as exc:
         if getattr(exc, "code", None) == 404:  # NOT_FOUND: no worker has declared it yet
             return 0
@@ -51,6 +56,12 @@ def queue_depth(conn: Connection, name: str) -> int:
     finally:
         with contextlib.suppress(Exception):  # the broker may have closed it already
             channel.close()
+
+
+def queue_depth(conn: Connection, name: str) -> int:
+    """Messages waiting in the queue `name` on the open broker connection `conn`."""
+    passive = conn.transport.driver_type == "amqp"  # see the module docstring
+    return on_queue(conn, lambda channel: channel.queue_declare(queue=name, passive=passive).message_count)
 
 
 def queue_depths(names: Iterable[str] | None = None) -> dict[str, int]:
