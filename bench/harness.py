@@ -164,10 +164,10 @@ def _purge_rabbitmq() -> None:
     from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 
     from config import celery_app
-    from ops.queues import project_queue_names
+    from ops.catalog import queue_names
 
     with celery_app.connection_for_write() as connection:
-        for queue in [*project_queue_names(), *(level_name(level) for level in range(MAX_LEVEL + 1))]:
+        for queue in [*queue_names(), *(level_name(level) for level in range(MAX_LEVEL + 1))]:
             channel = connection.channel()
             try:
                 channel.queue_purge(queue)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import Model
 
 from config import celery_app
-from core import json_input
+from core import dispatch, json_input
 from core.errors import FieldErrors
 
 # Celery's own task that beat installs when result_expires is set; staff may edit its schedule.
@@ -31,6 +31,7 @@ def project_tasks() -> dict[str, Task]:
 
 
 def queue_names() -> list[str]:
+    """The task queues of the routing table (CELERY_TASK_QUEUES), in their order."""
     return [queue.name for queue in settings.CELERY_TASK_QUEUES]
 
 
@@ -96,9 +97,17 @@ def subject_id(task: Task | None, args: Any, kwargs: Any) -> Any:
     return bound.arguments.get(declared[1])
 
 
+def registered(task_name: str) -> Task | None:
+    """The task called `task_name`, with the task modules imported if this process has not yet; None if none is."""
+    try:
+        return dispatch.task(task_name)
+    except LookupError:  # a task this code base no longer has
+        return None
+
+
 def subject_of(task_name: str, args: list, kwargs: dict) -> Model | None:
     """The domain object a task works on (order, notification, report...), from its `subject` declaration."""
-    task = celery_app.tasks.get(task_name)
+    task = registered(task_name)
     pk = subject_id(task, args, kwargs)
     if pk is None:
         return None

@@ -24,7 +24,6 @@ from django.db import transaction
 from django.db.models import Count, Max, Min, QuerySet
 from django.utils import timezone
 
-from core import dispatch
 from core.errors import FieldErrors
 from ops import catalog, runs
 from ops.models import Failure
@@ -72,10 +71,7 @@ def record(
     message = str(error)
     label = label_for(message) or error_type
     args, kwargs = list(args or ()), dict(kwargs or {})
-    try:
-        task = dispatch.task(task_name)
-    except LookupError:  # a task this code base no longer has
-        task = None
+    task = catalog.registered(task_name)
     subject = catalog.subject_id(task, args, kwargs)
     failure, _ = Failure.objects.update_or_create(
         task_id=task_id,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from config import celery_app
 from core.errors import Refused
-from ops.queues import CONNECT_TIMEOUT, on_queue, project_queue_names, queue_depths
+from ops import catalog
+from ops.queues import CONNECT_TIMEOUT, on_queue, queue_depths
 
 
 def check_project_queue(name: str) -> str:
     """The name, if it is one of the routing table's queues (CELERY_TASK_QUEUES); raises Refused otherwise."""
-    names = project_queue_names()
+    names = catalog.queue_names()
     if name not in names:
         raise Refused(f"{name!r} is not one of this project's queues; purge one of {', '.join(names)}.")
     return name

@@ -22,19 +22,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable
 
-from django.conf import settings
 from kombu import Connection
 from kombu.transport.base import StdChannel as Channel
 
 from config import celery_app
+from ops import catalog
 
 # A health check must answer quickly when the broker is gone.
 CONNECT_TIMEOUT = 2
-
-
-def project_queue_names() -> list[str]:
-    """The task queues of the routing table (CELERY_TASK_QUEUES), in their order."""
-    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
 
 
 def on_queue(conn: Connection, call: Callable[[Channel], int]) -> int:
@@ -68,4 +63,4 @@ def queue_depths(names: Iterable[str] | None = None) -> dict[str, int]:
     """Messages waiting in each queue (default: the project's task queues); raises when the broker is unreachable."""
     with celery_app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
-        return {name: queue_depth(conn, name) for name in (project_queue_names() if names is None else names)}
+        return {name: queue_depth(conn, name) for name in (catalog.queue_names() if names is None else names)}

@@ -62,6 +62,6 @@ def _subject(request: dict[str, Any]) -> str | None:
     target = catalog.subject_of(request.get("name") or "", list(args), kwargs)
     if target is not None:
         return f"{target._meta.label} {target.pk} {str(target)!r}"
-    task = celery_app.tasks.get(request.get("name") or "")
+    task = catalog.registered(request.get("name") or "")
     pk = catalog.subject_id(task, args, kwargs)
     return None if pk is None else f"{task.subject[0]} {pk} (no such row)"

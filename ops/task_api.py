@@ -22,7 +22,6 @@ from django.utils.module_loading import import_string
 from django_celery_results.models import TaskResult
 
 from config import celery_app
-from core import dispatch
 from core.errors import Refused
 from ops import catalog, runs
 from ops.models import TaskApiCall, TaskRun
@@ -119,12 +118,8 @@ def stop(task_id: str, *, user: Any) -> Stop:
 
 def _stop_running(task_id: str) -> str:
     known = _known(task_id)
-    try:
-        # By name through dispatch, which imports the tasks modules first: a web
-        # process that never sent a report task has not registered them yet.
-        task = dispatch.task(known.name or "")
-    except LookupError:
-        task = None
+    # Imports the tasks modules first: a web process that never sent a report task has not registered them yet.
+    task = catalog.registered(known.name or "")
     service = getattr(task, "cancel_with", None)
     subject_id = catalog.subject_id(task, known.args, known.kwargs)
     if not service or subject_id is None:
