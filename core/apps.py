@@ -8,3 +8,7 @@ class CoreConfig(AppConfig):
 
     name = "core"
     verbose_name = "Core"
+
+    def ready(self) -> None:
+        # Connects the before_task_publish handler that lets any process send a countdown on RabbitMQ.
+        from core import delayed_delivery  # noqa: F401

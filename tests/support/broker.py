@@ -11,8 +11,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import subprocess
 import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from django.db.models import Model
@@ -202,3 +208,35 @@ def sweep_until(broker_url: str, task_name: str, row: Model, status: str, what: 
             return row.status == status
 
         wait_for(swept_and_reached, timeout, 0, what)
+
+
+def rabbitmqctl(url: str, *args: str) -> None:
+    """Run rabbitmqctl against the RabbitMQ node serving `url`: this machine's, or the throwaway node bin/test started."""
+    from tests.support.servers import services
+
+    port = urlsplit(url).port or 5672
+    command, env = ["rabbitmqctl"], dict(os.environ)
+    records = json.loads(services.STATE.read_text()) if services.STATE.exists() else []
+    for record in records:
+        if record.get("kind") == "rabbitmq" and record.get("port") == port:
+            # Its node name and Erlang cookie, as bin/services.py start_rabbitmq_node gives them.
+            ctl = Path(services.rabbitmq_server()).with_name("rabbitmqctl")
+            command, env["HOME"] = [str(ctl), "-n", f"backoffice-test-{port}@localhost"], record["root"]
+    done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}"
+
+
+@contextlib.contextmanager
+def throwaway_vhost(url: str) -> Iterator[str]:
+    """A brand-new vhost on the RabbitMQ of `url`, open to its user, deleted afterwards; yields its URL.
+
+    Nothing was ever declared there: no queue, no exchange, no delayed-delivery topology.
+    """
+    parts = urlsplit(url)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl(url, "add_vhost", name)
+    try:
+        rabbitmqctl(url, "set_permissions", "-p", name, parts.username or "guest", ".*", ".*", ".*")
+        yield parts._replace(path=f"/{name}").geturl()
+    finally:
+        rabbitmqctl(url, "delete_vhost", name)
