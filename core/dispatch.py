@@ -22,6 +22,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from amqp.exceptions import AMQPError, MessageNacked
 from celery import Task, chord, group
 from celery.canvas import Signature
 from django.db import transaction
@@ -31,10 +32,15 @@ from config import celery_app
 
 logger = logging.getLogger(__name__)
 
-# What publishing raises when the broker is down or unreachable: Kombu wraps the
-# transports' connection errors in OperationalError once its retries are spent;
-# a refused or reset socket can surface as OSError.
-BROKER_ERRORS = (OperationalError, OSError)
+# What publishing raises when the broker is down, unreachable or refuses the message.
+# Celery wraps the transports' recoverable errors (a lost connection, RabbitMQ's
+# nack of a publish under publisher confirms) in Kombu's OperationalError once its
+# retries are spent; a refused or reset socket can surface as OSError. RabbitMQ's
+# other refusals come as they are: a channel error (NOT_FOUND for an exchange that
+# is not there, ACCESS_REFUSED, PRECONDITION_FAILED) or a connection error (AMQPError),
+# and a nack outside Celery's publish as MessageNacked.
+BROKER_REFUSALS = (OperationalError, AMQPError, MessageNacked)
+BROKER_ERRORS = (*BROKER_REFUSALS, OSError)
 
 
 def task(name: str) -> Task:
@@ -62,7 +68,7 @@ def send(
     try:
         task(name).apply_async(args, kwargs, task_id=task_id, countdown=countdown, expires=expires)
     except BROKER_ERRORS as exc:
-        logger.warning("broker unavailable, %s%s not sent; its sweep sends it later: %s", name, list(args), exc)
+        logger.warning("broker unavailable, %s%s not sent; its sweep sends it later: %s", name, list(args), _why(exc))
         return False
     return True
 
@@ -96,7 +102,7 @@ def revoke(task_ids: Sequence[str], *, about: str) -> bool:
     try:
         celery_app.control.revoke(list(task_ids))
     except BROKER_ERRORS as exc:
-        logger.warning("broker unavailable, %s not revoked: %s", about, exc)
+        logger.warning("broker unavailable, %s not revoked: %s", about, _why(exc))
         return False
     return True
 
@@ -133,6 +139,12 @@ def _send_canvas(canvas: Signature, about: str, args: Sequence[Any] = ()) -> boo
     try:
         canvas.apply_async(tuple(args))
     except BROKER_ERRORS as exc:
-        logger.warning("broker unavailable, %s not sent; its sweep sends it later: %s", about, exc)
+        logger.warning("broker unavailable, %s not sent; its sweep sends it later: %s", about, _why(exc))
         return False
     return True
+
+
+def _why(exc: BaseException) -> str:
+    """The error and what caused it: Celery's OperationalError after a nack says nothing by itself ('')."""
+    cause = exc.__cause__
+    return f"{exc!r}" + (f" from {cause!r}" if cause is not None else "")

@@ -19,16 +19,17 @@ from django.db import OperationalError as DatabaseOperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.views import defaults
-from kombu.exceptions import OperationalError as BrokerOperationalError
+
+from core.dispatch import BROKER_REFUSALS
 
 logger = logging.getLogger(__name__)
 
-# A database restart takes seconds; so does Redis coming back.
+# A database restart takes seconds; so does the broker coming back or draining a full queue.
 RETRY_AFTER_SECONDS = 5
 OUTAGE_ERRORS = (
     DatabaseOperationalError,  # cannot connect, connection lost, the server shutting down, a statement timeout
     InterfaceError,  # a connection already closed
-    BrokerOperationalError,  # Kombu gave up publishing
+    *BROKER_REFUSALS,  # Kombu gave up publishing, RabbitMQ nacked or refused the message
     redis.ConnectionError,
     redis.TimeoutError,
     ConnectionError,  # a refused or reset socket

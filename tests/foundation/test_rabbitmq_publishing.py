@@ -10,20 +10,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
 from celery.exceptions import TimeoutError as ResultTimeout
 from django.conf import settings
+from django.test import Client, RequestFactory
 from django.utils import timezone
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
+from kombu import Connection, Queue
 
 from config import celery_app
-from tests.support.broker import DELAY_QUEUES, RabbitMQBroker, project_queues, throwaway_vhost
-from tests.support.processes import PROJECT_ROOT, WorkerProcess
+from core import unavailable
+from orders.models import Order
+from tests.support.broker import DELAY_QUEUES, RabbitMQBroker, project_queues, rabbitmqctl, sweep_until, throwaway_vhost
+from tests.support.processes import PROJECT_ROOT, WorkerProcess, wait_for
+from tests.support.servers import HttpSession, WebProcess
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -89,3 +96,108 @@ def test_on_a_vhost_no_worker_ever_used_a_countdown_waits_in_rabbitmq_and_runs_w
             except ResultTimeout:
                 raise AssertionError(f"{task_id} never ran:\n{worker.output()[-4000:]}") from None
             assert TaskResult.objects.get(task_id=task_id).date_done >= sent_at + timedelta(seconds=COUNTDOWN)
+
+
+def test_a_countdown_the_broker_refuses_is_left_to_the_sweep_like_an_outage(
+    process_env: dict[str, str], vhost: str
+) -> None:
+    # The vhost's user may publish but not declare: no delay exchange can exist, RabbitMQ refuses the publish.
+    rabbitmqctl(vhost, "set_permissions", "-p", vhost_name(vhost), "guest", "^$", ".*", ".*")
+    env = {**process_env, "CELERY_BROKER_URL": vhost}
+
+    sent = manage(env, "shell", "-c", f"from core import dispatch; print(dispatch.send({SWEEP!r}, countdown=5))")
+
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    assert sent.stdout.split()[-1:] == ["False"], sent.stdout + sent.stderr[-3000:]
+    assert f"broker unavailable, {SWEEP}[] not sent" in sent.stderr
+    assert "NOT_FOUND - no exchange 'celery_delayed_27'" in sent.stderr
+
+
+def until_refused(publish: Callable[[], object]) -> Exception:
+    """What `publish` raises once RabbitMQ refuses it; a quorum queue notices it is over its limit a moment late."""
+    for _ in range(50):
+        try:
+            publish()
+        except Exception as exc:  # whatever it is: it is what the callers get
+            return exc
+        time.sleep(0.1)
+    raise AssertionError("RabbitMQ took every message: it should have nacked them")
+
+
+def test_a_publish_rabbitmq_nacks_is_an_outage_503_json_on_the_api_and_a_page_elsewhere(vhost: str) -> None:
+    rabbitmqctl(
+        vhost, "set_policy", "-p", vhost_name(vhost), "--apply-to", "queues", "full", "^full$", REJECT_EVERY_PUBLISH
+    )
+    full = Queue("full", routing_key="full", queue_arguments={"x-queue-type": "quorum"})
+    with Connection(vhost, transport_options={"confirm_publish": True}) as conn:
+        full.bind(conn.default_channel).declare()
+        producer = conn.Producer()
+        refusals = [
+            until_refused(lambda: producer.publish({"any": "message"}, routing_key="full", retry=False)),  # as is
+            until_refused(lambda: celery_app.send_task(SWEEP, connection=conn, queue=full)),  # as Celery raises it
+        ]
+    assert [type(exc).__name__ for exc in refusals] == ["MessageNacked", "OperationalError"]
+
+    for exc in refusals:
+        for path, content_type in (("/api/orders/", "application/json"), ("/orders/", "text/html")):
+            request = RequestFactory().post(path)
+            response = unavailable.OutageMiddleware(lambda request: None).process_exception(request, exc)  # type: ignore[arg-type,return-value]
+            assert response is not None, f"{exc!r} is not an outage"
+            assert (response.status_code, response["Retry-After"]) == (503, str(unavailable.RETRY_AFTER_SECONDS))
+            assert response["Content-Type"].startswith(content_type)
+
+
+def test_when_rabbitmq_nacks_the_web_answers_503_or_keeps_the_order_for_the_sweep(
+    web_env: dict[str, str], vhost: str, customer, staff
+) -> None:
+    from tests.orders.helpers import product
+
+    mug = product(stock=5)
+    every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
+    sweep, _ = PeriodicTask.objects.update_or_create(
+        name=SWEEP, defaults={"task": SWEEP, "interval": every_minute, "enabled": False}
+    )
+    customer_login, staff_login = Client(), Client()
+    customer_login.force_login(customer)
+    staff_login.force_login(staff)
+    env = {**web_env, "CELERY_BROKER_URL": vhost, "ORDER_REQUEUE_AFTER": "1s"}
+
+    with WebProcess(env) as web:
+        web.wait_ready()
+        shopper = HttpSession(web.base_url, customer_login.cookies["sessionid"].value)
+        admin = HttpSession(web.base_url, staff_login.cookies["sessionid"].value)
+        placed = shopper.request("POST", "/api/orders/", {"lines": [{"sku": mug.sku, "quantity": 1}]})
+        assert placed.status == 202, placed.body  # the queues exist now, declared by that first publish
+        rabbitmqctl(
+            vhost, "set_policy", "-p", vhost_name(vhost), "--apply-to", "queues", "full", ".*", REJECT_EVERY_PUBLISH
+        )
+        with celery_app.connection_for_write(vhost) as conn:
+            until_refused(lambda: celery_app.send_task(SWEEP, connection=conn))  # the queue has noticed its limit
+
+        # An order placed meanwhile is saved; its message, nacked after the commit, is left to the sweep.
+        placed = shopper.request("POST", "/api/orders/", {"lines": [{"sku": mug.sku, "quantity": 1}]})
+        assert placed.status == 202, placed.body
+        order = Order.objects.get(pk=placed.json()["id"])  # type: ignore[index]
+        assert order.status == "pending"
+        wait_for(
+            lambda: (
+                f"orders.tasks.process_order[{order.pk}] not sent; its sweep sends it later: OperationalError('') "
+                "from MessageNacked()" in web.output()
+            ),
+            10,
+            0.1,
+            "the nacked send logged as one the sweep makes good",
+        )
+        # Work sent by hand in the request itself: 503 with Retry-After, not 500.
+        run_now = admin.request(
+            "POST",
+            "/admin/django_celery_beat/periodictask/",
+            form={"action": "run_now", "_selected_action": [sweep.pk]},
+        )
+        assert (run_now.status, run_now.headers.get("Retry-After")) == (503, "5"), run_now.body[:500]
+        assert "Internal Server Error" not in web.output()
+
+    rabbitmqctl(vhost, "clear_policy", "-p", vhost_name(vhost), "full")
+    with WorkerProcess(env, concurrency=1) as worker:
+        worker.wait_started()
+        sweep_until(vhost, SWEEP, order, "completed", "the sweep to send the order once RabbitMQ takes messages again")
