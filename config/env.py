@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
+from babel import Locale, UnknownLocaleError
+from babel.numbers import list_currencies
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -56,6 +61,14 @@ def env_int(name: str, default: Any = _MISSING, *, minimum: int | None = None) -
     return number
 
 
+def env_port(name: str, default: Any = _MISSING) -> int:
+    """A TCP port, or 0 for off."""
+    port = env_int(name, default, minimum=0)
+    if port > 65535:
+        raise ImproperlyConfigured(f"{name}={port} is not a TCP port (1-65535, or 0 for off).")
+    return port
+
+
 def env_float(
     name: str, default: Any = _MISSING, *, minimum: float | None = None, maximum: float | None = None
 ) -> float:
@@ -76,6 +89,55 @@ def env_list(name: str, default: Any = _MISSING) -> list[str]:
     if isinstance(value, list):
         return value
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_choice(name: str, default: Any, choices: tuple[str, ...]) -> str:
+    """One of `choices`, read case-insensitively (they are upper case)."""
+    value = _raw(name, default).upper()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    return value
+
+
+def env_time_zone(name: str, default: Any = _MISSING) -> str:
+    value = _raw(name, default)
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ImproperlyConfigured(f"{name}={value!r} is not an IANA time zone such as Europe/Amsterdam.") from None
+    return value
+
+
+def env_currency(name: str, default: Any = _MISSING) -> str:
+    value = _raw(name, default).upper()
+    if value not in list_currencies():
+        raise ImproperlyConfigured(f"{name}={value!r} is not an ISO 4217 currency code such as EUR.")
+    return value
+
+
+def env_locale(name: str, default: Any = _MISSING) -> str:
+    value = _raw(name, default)
+    try:
+        Locale.parse(value)
+    except (ValueError, UnknownLocaleError):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a locale such as en_US or nl_NL.") from None
+    return value
+
+
+def env_secret_key(name: str, *, debug: bool, key_file: Path) -> str:
+    """The key from the environment; required when DEBUG is off, made up once and kept in `key_file` with it on."""
+    key = _raw(name, "")
+    if key:
+        return key
+    if not debug:
+        raise ImproperlyConfigured(f"{name} is required when DEBUG is off; set it in the environment.")
+    # Local development only: a random key kept in the data folder, so that every
+    # process (web, worker, beat) signs with the same key and sessions survive restarts.
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

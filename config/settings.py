@@ -7,60 +7,43 @@ broker under ./var. Docker compose and CI set real URLs. See README "Configurati
 from __future__ import annotations
 
 import os
-import secrets
 from datetime import timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel import Locale, UnknownLocaleError
-from babel.numbers import list_currencies
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Exchange, Queue
 
+from config import task_options
+from config.brokers import broker_transport, broker_url, task_queues, transport_options
+from config.database import database
 from config.env import (
     env_bool,
+    env_choice,
+    env_currency,
     env_database,
     env_duration,
     env_email,
     env_float,
     env_int,
     env_list,
+    env_locale,
+    env_port,
     env_rate,
+    env_secret_key,
     env_str,
+    env_time_zone,
 )
+from config.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).resolve()
 
 # Fail closed: production is the default, and the run command turns DEBUG on.
 DEBUG = env_bool("DEBUG", False)
-
-
-def _secret_key() -> str:
-    key = env_str("SECRET_KEY", "")
-    if key:
-        return key
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off; set it in the environment.")
-    # Local development only: a random key kept in the data folder, so that every
-    # process (web, worker, beat) signs with the same key and sessions survive restarts.
-    key_file = DATA_DIR / "dev-secret-key"
-    if not key_file.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
-
-
-SECRET_KEY = _secret_key()
+SECRET_KEY = env_secret_key("SECRET_KEY", debug=DEBUG, key_file=DATA_DIR / "dev-secret-key")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
-TIME_ZONE = env_str("TIME_ZONE", "UTC")
-try:
-    ZoneInfo(TIME_ZONE)
-except (ZoneInfoNotFoundError, ValueError):
-    raise ImproperlyConfigured(f"TIME_ZONE={TIME_ZONE!r} is not an IANA time zone such as Europe/Amsterdam.") from None
+TIME_ZONE = env_time_zone("TIME_ZONE", "UTC")
 USE_TZ = True
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
@@ -119,21 +102,14 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------
-DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
-# Persistent connections: web requests and worker tasks reuse one connection per
-# process instead of paying a PostgreSQL handshake each time. Health checks make a
-# connection that died while idle get replaced before it is used.
-DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 600, minimum=0)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets web, worker and beat read while one of them writes; IMMEDIATE
-    # transactions plus a busy timeout make writers queue instead of failing.
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    DATABASES["default"]["OPTIONS"] = {
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-    }
+# Connections persist (DATABASE_CONN_MAX_AGE seconds) with health checks; SQLite runs in
+# WAL mode with queued writers (config/database.py says why).
+DATABASES = {
+    "default": database(
+        env_database("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600, minimum=0),
+    )
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -236,50 +212,15 @@ SESSION_COOKIE_HTTPONLY = True
 # --- Logging ------------------------------------------------------------------
 # One configuration for every process. Celery is told not to touch logging
 # (see config/celery.py), so worker and beat logs go through this too.
-LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {
-        "task_context": {"()": "core.logging.TaskContextFilter"},
-        "hide_probes_received": {"()": "ops.liveness.HideProbesReceived"},
-        "redact_secrets": {"()": "ops.redaction.RedactSecretsFilter"},
-    },
-    "formatters": {
-        "standard": {
-            "format": "%(asctime)s %(levelname)-7s %(processName)s %(name)s %(task_ref)s%(message)s",
-        },
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "standard",
-            "filters": ["task_context", "redact_secrets"],
-        },
-    },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.db.backends": {"level": "INFO"},
-        "celery": {"level": LOG_LEVEL},
-        # ops.worker logs every task's outcome with its duration and object; Celery's
-        # own per-task lines would say the same thing twice.
-        "celery.app.trace": {"level": "WARNING"},
-        "celery.worker.strategy": {"filters": ["hide_probes_received"]},
-    },
-}
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+# Every record goes to the console through the task-context and redaction filters, and
+# Celery's own per-task lines are left out (config/logs.py).
+LOGGING = logging_config(LOG_LEVEL)
 
 # --- Orders -------------------------------------------------------------------
 # Amounts are shown to people in this currency and locale (core/formats.py).
-SHOP_CURRENCY = env_str("SHOP_CURRENCY", "EUR").upper()
-if SHOP_CURRENCY not in list_currencies():
-    raise ImproperlyConfigured(f"SHOP_CURRENCY={SHOP_CURRENCY!r} is not an ISO 4217 currency code such as EUR.")
-SHOP_LOCALE = env_str("SHOP_LOCALE", "en_US")
-try:
-    Locale.parse(SHOP_LOCALE)
-except (ValueError, UnknownLocaleError):
-    raise ImproperlyConfigured(f"SHOP_LOCALE={SHOP_LOCALE!r} is not a locale such as en_US or nl_NL.") from None
+SHOP_CURRENCY = env_currency("SHOP_CURRENCY", "EUR")
+SHOP_LOCALE = env_locale("SHOP_LOCALE", "en_US")
 
 
 def _provider(path: str) -> str:
@@ -363,9 +304,7 @@ SCHEDULE_GRACE = env_duration("SCHEDULE_GRACE", "5m")
 EMAIL_SEND_DEADLINE = env_duration("EMAIL_SEND_DEADLINE", "15m")
 EMAIL_BULK_SEND_DEADLINE = env_duration("EMAIL_BULK_SEND_DEADLINE", "1d")
 # Each worker serves its own task metrics on this port (0: off); see ops/worker_metrics.py.
-WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
-if WORKER_METRICS_PORT > 65535:
-    raise ImproperlyConfigured(f"WORKER_METRICS_PORT={WORKER_METRICS_PORT} is not a TCP port (1-65535, or 0 for off).")
+WORKER_METRICS_PORT = env_port("WORKER_METRICS_PORT", 0)
 WORKER_METRICS_HOST = env_str("WORKER_METRICS_HOST", "127.0.0.1")
 if WORKER_METRICS_PORT and not METRICS_TOKEN and WORKER_METRICS_HOST not in {"127.0.0.1", "localhost", "::1"}:
     raise ImproperlyConfigured(
@@ -375,21 +314,7 @@ if WORKER_METRICS_PORT and not METRICS_TOKEN and WORKER_METRICS_HOST not in {"12
 # --- Celery -----------------------------------------------------------------
 # Every Celery setting lives here with the CELERY_ prefix; config/celery.py reads
 # them through the namespace. The README explains each one for operators.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost/")
-# Redis Cluster is refused by name (kombu#732), before the general scheme check.
-if "cluster" in CELERY_BROKER_URL.split("://")[0].lower() or "cluster=" in CELERY_BROKER_URL.lower():
-    raise ImproperlyConfigured(
-        "CELERY_BROKER_URL names Redis Cluster, which Kombu's Redis transport does not support: a queue, its "
-        "unacked messages and its broadcasts live under several keys in different hash slots, and the transport "
-        "needs them on one server (celery/kombu#732). Use one Redis server, with Sentinel for failover "
-        "(sentinel://host:26379;sentinel://host2:26379 and CELERY_BROKER_SENTINEL_MASTER), or RabbitMQ."
-    )
-if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "sentinel://", "amqp://", "amqps://", "filesystem://")):
-    _scheme = CELERY_BROKER_URL.split(":")[0]
-    raise ImproperlyConfigured(
-        "CELERY_BROKER_URL must be a redis://, rediss://, sentinel://, amqp://, amqps:// or filesystem:// URL, "
-        f"not {_scheme}."
-    )
+CELERY_BROKER_URL = broker_url(env_str("CELERY_BROKER_URL", "filesystem://localhost/"))
 # RabbitMQ (amqp:// and amqps://): quorum queues, see README "Celery" for what they change.
 BROKER_IS_RABBITMQ = CELERY_BROKER_URL.startswith(("amqp://", "amqps://"))
 # The longest delay any task is retried with; the visibility timeout must exceed it.
@@ -399,52 +324,15 @@ TASK_RETRY_BACKOFF_MAX = 600
 # loop for ever; the database sweeps still see the order or email it was about.
 # Queue arguments cannot change once a queue exists: see README before changing it.
 RABBITMQ_DELIVERY_LIMIT = 20
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    # The embedded broker: messages are files under var/broker, so nothing needs
-    # installing locally. The control folder carries broadcasts such as inspect ping.
-    _broker_dir = DATA_DIR / "broker"
-    for _sub in ("queue", "processed", "control"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "control_folder": str(_broker_dir / "control"),
-        "store_processed": False,
-        # The file broker is polled: Kombu's default of once a second made tasks wait up
-        # to a second and ping replies miss the health check's timeout (ops/health.py).
-        "polling_interval": 0.1,
-    }
-elif BROKER_IS_RABBITMQ:
-    # Kombu's py-amqp transport (amqps:// is the same over TLS). Publisher confirms:
-    # a publish returns only once RabbitMQ has the message (replicated, for a quorum
-    # queue), so an enqueue that "succeeded" survives a broker crash.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
-else:
-    # Kombu's Redis transport, sharing one Redis client per channel (see ops/broker.py).
-    CELERY_BROKER_TRANSPORT = "ops.broker:Transport"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # Redis redelivers an unacknowledged message after this long. It must be
-        # longer than any countdown/ETA and any task's run time, or a task that is
-        # merely waiting or still running gets delivered a second time.
-        "visibility_timeout": 2 * 60 * 60,
-    }
-if CELERY_BROKER_URL.startswith("sentinel://"):
-    # Redis behind Sentinel (opt-in): the URL lists the sentinels, separated by ";",
-    # and the sentinels name the master. Same Kombu Redis transport, same shared
-    # client per channel (ops/broker.py), same visibility timeout.
-    CELERY_BROKER_TRANSPORT = "ops.broker:SentinelTransport"
-    CELERY_BROKER_SENTINEL_MASTER = env_str("CELERY_BROKER_SENTINEL_MASTER", "")
-    if not CELERY_BROKER_SENTINEL_MASTER:
-        raise ImproperlyConfigured(
-            "CELERY_BROKER_SENTINEL_MASTER is required with a sentinel:// CELERY_BROKER_URL: "
-            "the name the sentinels monitor the master under (sentinel monitor <name> ...)."
-        )
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": 2 * 60 * 60,
-        **CELERY_BROKER_TRANSPORT_OPTIONS,
-        "master_name": CELERY_BROKER_SENTINEL_MASTER,
-    }
+# Redis behind Sentinel (opt-in, sentinel:// URLs): the name the sentinels monitor the master under.
+CELERY_BROKER_SENTINEL_MASTER = env_str("CELERY_BROKER_SENTINEL_MASTER", "")
+# The transport for the URL's scheme and its options, each with its reason in config/brokers.py:
+# Redis through the project's transport (one shared client per channel) with a 2-hour visibility
+# timeout, RabbitMQ with publisher confirms, the file broker's folders under DATA_DIR polled every 0.1 s.
+CELERY_BROKER_TRANSPORT = broker_transport(CELERY_BROKER_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = transport_options(
+    CELERY_BROKER_URL, DATA_DIR / "broker", CELERY_BROKER_SENTINEL_MASTER
+)
 # Keep retrying the broker when it is not up yet (compose start order, restarts).
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
@@ -517,21 +405,9 @@ CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 # Each queue gets its own routing key; without one, Celery binds them all to the
 # key "default" and a message would land in every queue.
 TASK_QUEUE_NAMES = ("high_priority", "default", "low_priority")
+# RabbitMQ declares them as quorum queues on a topic exchange (config/brokers.py says why).
+CELERY_TASK_QUEUES = task_queues(TASK_QUEUE_NAMES, rabbitmq=BROKER_IS_RABBITMQ, delivery_limit=RABBITMQ_DELIVERY_LIMIT)
 if BROKER_IS_RABBITMQ:
-    # Quorum queues: replicated and durable, so a message RabbitMQ accepted survives a
-    # broker restart. Declared with their type (a queue's type and arguments are fixed
-    # when it is created). The exchange is a topic exchange because Celery's native
-    # delayed delivery (below) cannot route through a direct one.
-    _tasks_exchange = Exchange("tasks", type="topic", durable=True)
-    CELERY_TASK_QUEUES = tuple(
-        Queue(
-            name,
-            exchange=_tasks_exchange,
-            routing_key=name,
-            queue_arguments={"x-queue-type": "quorum", "x-delivery-limit": RABBITMQ_DELIVERY_LIMIT},
-        )
-        for name in TASK_QUEUE_NAMES
-    )
     CELERY_TASK_DEFAULT_EXCHANGE = "tasks"
     CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
     CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
@@ -543,41 +419,16 @@ if BROKER_IS_RABBITMQ:
     # bite. Celery sets this up when the worker sees a quorum queue over a topic
     # exchange; the delay queues are quorum queues too.
     CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
-else:
-    CELERY_TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in TASK_QUEUE_NAMES)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Refuse to invent queues from typos: a task routed to an unknown queue fails loudly.
 CELERY_TASK_CREATE_MISSING_QUEUES = False
-# The routing table. Explicit task names first (Celery checks exact names before
-# patterns), then module defaults; anything else goes to the default queue.
-CELERY_TASK_ROUTES = {
-    # Bulk email runs on low_priority, so a campaign or the digest never delays order emails.
-    "notifications.tasks.launch_campaign": {"queue": "low_priority"},
-    "notifications.tasks.send_campaign_chunk": {"queue": "low_priority"},
-    "notifications.tasks.send_weekly_digest": {"queue": "low_priority"},
-    "notifications.tasks.send_digest_chunk": {"queue": "low_priority"},
-    "notifications.tasks.cleanup_notifications": {"queue": "low_priority"},
-    # Module defaults.
-    "notifications.tasks.*": {"queue": "high_priority"},
-    "reports.tasks.*": {"queue": "low_priority"},
-    "ops.tasks.*": {"queue": "low_priority"},
-    "orders.tasks.*": {"queue": "default"},
-}
-
-# Which tasks store their results, task by task. Every stored state is a write to
-# the results table (STARTED alone costs a get_or_create: four round trips), and a
-# task whose own row already records what happened does not need the copy. Tasks
-# not listed store every state. Failures are stored for every task, listed ones
-# included, so staff always find them in the admin and can retry them.
+# The routing table, task by task (config/task_options.py): bulk email on low_priority so it
+# never delays order emails, then each app's default queue; anything else goes to "default".
+CELERY_TASK_ROUTES = task_options.ROUTES
+# Failures are stored for every task, so staff always find them in the admin and can retry
+# them; which other states each task stores is decided task by task (config/task_options.py).
 CELERY_TASK_STORE_ERRORS_EVEN_IF_IGNORED = True
-CELERY_TASK_ANNOTATIONS = {
-    # The Notification row holds status, attempts, last error, sent_at and the task id;
-    # a result row per email would only repeat it (the outbox admin is where staff look).
-    "notifications.tasks.send_notification": {"ignore_result": True, "track_started": False},
-    # Results stay, for the order admin's links, but the Order row already says
-    # "processing" (with its lease holder), so STARTED is not written.
-    "orders.tasks.process_order": {"track_started": False},
-}
+CELERY_TASK_ANNOTATIONS = task_options.ANNOTATIONS
 
 CELERY_TIMEZONE = TIME_ZONE
 # Schedules live in the database and staff edit them in the admin.
