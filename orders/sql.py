@@ -55,7 +55,7 @@ ORDER BY priced.position
 RETURNING id, order_id, product_id, quantity, unit_price
 """
 
-# Every order's first statement (orders.services.pipeline.claim): take the
+# Every order's first statement (orders.services.lease.claim): take the
 # lease of an order that is pending, or processing with our own or an expired
 # lease; record the attempt in its history; and return the order with the
 # customer fields its emails use. The ORM needs an UPDATE, a SELECT, an INSERT

@@ -13,7 +13,8 @@ from core import dispatch
 from core.errors import Refused
 from orders.models import Order, OrderEvent
 from orders.services import emails
-from orders.services.pipeline import charge_key, release_stock
+from orders.services.payments import charge_key
+from orders.services.pipeline import release_stock
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from core.base_task import Attempt
 from orders.models import Order, OrderEvent, Payment
 from orders.providers import payment_gateway
-from orders.services import actions, pipeline
+from orders.services import actions, lease, payments, pipeline
 from sandbox.providers import SandboxGateway
 from tests.orders.helpers import fault, ledger, place, product, stock_of
 
@@ -62,7 +62,7 @@ def test_a_finished_order_is_left_alone_when_delivered_again(customer) -> None:
 def test_two_copies_of_the_same_task_running_at_once_reserve_the_stock_once(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 2))
-    pipeline.claim(order.pk, "task-1")
+    lease.claim(order.pk, "task-1")
     first_copy, second_copy = Order.objects.get(pk=order.pk), Order.objects.get(pk=order.pk)
     lines = list(order.lines.all())
 
@@ -237,12 +237,12 @@ def test_cancelling_after_the_reservation_releases_the_stock_and_stops_the_task(
 def test_a_running_task_stops_at_the_next_step_boundary_when_the_order_is_cancelled(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 2))
-    pipeline.claim(order.pk, "task-1")
+    lease.claim(order.pk, "task-1")
     pipeline.reserve_stock(order, list(order.lines.all()), "task-1")
     actions.cancel_order(order.pk, customer_id=customer.pk)
 
-    with pytest.raises(pipeline.Stopped):
-        pipeline.charge(order, "task-1")
+    with pytest.raises(lease.Stopped):
+        payments.charge(order, "task-1")
 
     assert ledger(order) == [] and not order.payments.exists()
     assert stock_of(mug) == 5
@@ -320,7 +320,7 @@ def test_the_sweep_resends_old_pending_orders_and_expired_leases_once_per_thresh
 def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, settings) -> None:
     settings.ORDER_LEASE_TIMEOUT = timedelta(minutes=2)
     order = place(customer, (product(), 1))
-    claimed = pipeline.claim(order.pk, "task-1")
+    claimed = lease.claim(order.pk, "task-1")
     lines = list(claimed.lines.all())
     first_lease = claimed.lease_expires_at
 
@@ -331,7 +331,7 @@ def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, sett
     nearly_gone = timezone.now() + timedelta(seconds=30)
     Order.objects.filter(pk=order.pk).update(lease_expires_at=nearly_gone)
     claimed.lease_expires_at = nearly_gone
-    pipeline.charge(claimed, "task-1")
+    payments.charge(claimed, "task-1")
     charged = Order.objects.get(pk=order.pk)
     assert charged.step == "charged"
     assert charged.lease_expires_at > timezone.now() + timedelta(seconds=90)
@@ -340,7 +340,7 @@ def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, sett
 def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_its_customer(customer) -> None:
     order = place(customer, (product(), 1))
 
-    claimed = pipeline.claim(order.pk, "task-1")
+    claimed = lease.claim(order.pk, "task-1")
 
     saved = Order.objects.get(pk=order.pk)
     for field in Order._meta.concrete_fields:
@@ -351,40 +351,40 @@ def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_
     events = list(OrderEvent.objects.filter(order=order).values_list("kind", "task_id", "message"))
     assert events == [("attempt", "task-1", "attempt 1")]
 
-    assert pipeline.claim(order.pk, "task-2") is None  # leased to task-1
+    assert lease.claim(order.pk, "task-2") is None  # leased to task-1
     assert OrderEvent.objects.filter(order=order).count() == 1
 
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    again = pipeline.claim(order.pk, "task-2")
+    again = lease.claim(order.pk, "task-2")
     assert (again.lease_owner, again.attempts) == ("task-2", 2)
     assert OrderEvent.objects.filter(order=order).latest("id").message == "attempt 2"
 
 
 def test_the_charge_intent_is_made_only_while_the_lease_holds_and_a_retry_reuses_it(customer) -> None:
     order = place(customer, (product(), 1))
-    claimed = pipeline.claim(order.pk, "task-1")
+    claimed = lease.claim(order.pk, "task-1")
 
-    intent = pipeline.open_charge(claimed, "task-1", "key-1")
+    intent = payments.open_charge(claimed, "task-1", "key-1")
     assert Payment.objects.get().pk == intent.pk and intent.status == "pending"
-    assert pipeline.open_charge(claimed, "task-1", "key-1").pk == intent.pk  # a retry reuses it
+    assert payments.open_charge(claimed, "task-1", "key-1").pk == intent.pk  # a retry reuses it
 
     Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
-    with pytest.raises(pipeline.Stopped):
-        pipeline.open_charge(claimed, "task-1", "key-2")
+    with pytest.raises(lease.Stopped):
+        payments.open_charge(claimed, "task-1", "key-2")
     Order.objects.filter(pk=order.pk).update(lease_owner="task-1", status="cancelled")
-    with pytest.raises(pipeline.Stopped) as stopped:
-        pipeline.open_charge(claimed, "task-1", "key-2")
+    with pytest.raises(lease.Stopped) as stopped:
+        payments.open_charge(claimed, "task-1", "key-2")
     assert stopped.value.outcome == "cancelled"
     assert Payment.objects.count() == 1
 
 
 def test_a_successful_charge_is_recorded_on_the_payment_and_checkpointed(customer) -> None:
     order = place(customer, (product(), 1))
-    claimed = pipeline.claim(order.pk, "task-1")
+    claimed = lease.claim(order.pk, "task-1")
     pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
-    intent = pipeline.open_charge(claimed, "task-1", "key-1")
+    intent = payments.open_charge(claimed, "task-1", "key-1")
 
-    pipeline.record_charge(claimed, intent, "task-1", "ref-1")
+    payments.record_charge(claimed, intent, "task-1", "ref-1")
 
     payment, saved = Payment.objects.get(), Order.objects.get(pk=order.pk)
     assert (payment.status, payment.provider_reference, payment.attempts) == ("succeeded", "ref-1", 1)
@@ -395,13 +395,13 @@ def test_a_successful_charge_is_recorded_on_the_payment_and_checkpointed(custome
 def test_a_charge_made_by_a_task_that_lost_its_lease_is_kept_and_not_made_again_by_the_new_holder(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 1))
-    claimed = pipeline.claim(order.pk, "task-1")
+    claimed = lease.claim(order.pk, "task-1")
     pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
-    intent = pipeline.open_charge(claimed, "task-1", pipeline.charge_key(claimed))
+    intent = payments.open_charge(claimed, "task-1", payments.charge_key(claimed))
     Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
 
-    with pytest.raises(pipeline.Stopped):
-        pipeline.record_charge(claimed, intent, "task-1", "ref-1")
+    with pytest.raises(lease.Stopped):
+        payments.record_charge(claimed, intent, "task-1", "ref-1")
 
     assert Payment.objects.get().status == "succeeded"  # what the gateway did is on record
     assert Order.objects.get(pk=order.pk).step == "reserved"
@@ -435,10 +435,10 @@ def forgetful_gateway(settings) -> Iterator[None]:
 
 def _charged_then_lost(order: Order) -> None:
     """The state a crash right after the gateway charged leaves: the charge in the gateway's books only."""
-    claimed = pipeline.claim(order.pk, "task-1")
+    claimed = lease.claim(order.pk, "task-1")
     pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
-    key = pipeline.charge_key(claimed)
-    pipeline.open_charge(claimed, "task-1", key)
+    key = payments.charge_key(claimed)
+    payments.open_charge(claimed, "task-1", key)
     SandboxGateway().charge(amount=order.total, idempotency_key=key, reference=f"order:{order.pk}")
 
 

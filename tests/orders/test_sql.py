@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from orders import sql
 from orders.models import Order, OrderEvent, OrderLine
-from orders.services import pipeline
+from orders.services import lease
 from tests.orders.helpers import place, product
 
 pytestmark = pytest.mark.django_db
@@ -82,10 +82,10 @@ def test_claiming_in_one_statement_does_what_the_orm_path_does_in_one_query(
 ) -> None:
     first, second = place(customer, (product(), 1)), place(customer, (product(), 1))
     with django_assert_num_queries(1):
-        claimed_in_one = pipeline.claim(first.pk, "task-1")
+        claimed_in_one = lease.claim(first.pk, "task-1")
         assert claimed_in_one.customer.email == customer.email  # loaded with the claim, no query of its own
     monkeypatch.setattr(sql, "in_one_statement", lambda: False)
-    claimed_by_orm = pipeline.claim(second.pk, "task-1")
+    claimed_by_orm = lease.claim(second.pk, "task-1")
 
     varying = {"id", "created_at", "updated_at", "idempotency_key", "request_fingerprint", "lease_expires_at"}
     assert _row(Order, first.pk, varying) == _row(Order, second.pk, varying)
