@@ -124,7 +124,7 @@ class ReportSlice(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
-    # The partial aggregates, as JSON (see generation.aggregate_slice).
+    # The partial aggregates, as JSON (see figures.aggregate_figures).
     figures = models.JSONField(default=dict, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -9,7 +9,7 @@ from django.conf import settings
 
 from core.base_task import ProjectTask
 from reports.models import Report
-from reports.services import emails, generation, requesting, sweeps
+from reports.services import emails, finishing, generation, requesting, slices, sweeps
 
 SUBJECT = ("reports.Report", "report_id")
 CANCEL = "reports.services.cancelling.cancel_report"
@@ -43,7 +43,7 @@ def generate_report(self: ProjectTask, report_id: int) -> str:
 def aggregate_report_slice(self: ProjectTask, report_id: int, start: str, end: str) -> dict:
     """Aggregate one slice onto its row; re-queued at its soft time limit, stopped when the report is cancelled."""
     first, last = date.fromisoformat(start), date.fromisoformat(end)
-    outcome = self.call_service(generation.run_slice, report_id, first, last)
+    outcome = self.call_service(slices.run_slice, report_id, first, last)
     self.update_state(state="PROGRESS", meta={"report": report_id, "slice": [start, end]})
     # The figures are on the slice's row; the chord's results only say what happened.
     return {"slice": [start, end], "outcome": outcome}
@@ -52,14 +52,14 @@ def aggregate_report_slice(self: ProjectTask, report_id: int, start: str, end: s
 @shared_task(
     bind=True,
     name="reports.tasks.finish_report",
-    soft_time_limit=generation.FINISH_SOFT_TIME_LIMIT,
-    time_limit=generation.FINISH_TIME_LIMIT,
+    soft_time_limit=finishing.FINISH_SOFT_TIME_LIMIT,
+    time_limit=finishing.FINISH_TIME_LIMIT,
     subject=SUBJECT,
     cancel_with=CANCEL,
 )
 def finish_report(self: ProjectTask, _results: object, report_id: int) -> str:
     """The chord's body (or the sweep's): merge the slice rows, write the CSV and chart, mark the report done."""
-    return generation.finish(report_id, task_id=self.request.id)
+    return finishing.finish(report_id, task_id=self.request.id)
 
 
 @shared_task(name="reports.tasks.notify_report_ready", soft_time_limit=30, time_limit=60, subject=SUBJECT)

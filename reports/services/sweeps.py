@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from core import dispatch
 from reports.models import Report, ReportSlice
-from reports.services import generation
+from reports.services import failing, generation
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _sweep_running(report: Report, now: datetime, cutoff: datetime) -> int:
     )
     exhausted = lost.filter(attempts__gte=settings.REPORT_MAX_ATTEMPTS).first()
     if exhausted is not None:
-        generation.mark_failed(
+        failing.mark_failed(
             report.pk,
             f"The slice {exhausted.period_start} to {exhausted.period_end} was started {exhausted.attempts} times "
             "without finishing (lost workers or time limits).",
@@ -99,7 +99,7 @@ def _sweep_running(report: Report, now: datetime, cutoff: datetime) -> int:
         generation.send_slices(report.pk, parts, chord=False)
         return 1
     if not slices.exists():  # left running by a version that kept no slice rows
-        generation.mark_failed(report.pk, "It was interrupted and has no slices to resume; generate it again.")
+        failing.mark_failed(report.pk, "It was interrupted and has no slices to resume; generate it again.")
         return 1
     if slices.exclude(status=SliceStatus.DONE).exists():
         return 0  # slices at work under live leases
@@ -111,7 +111,7 @@ def _sweep_running(report: Report, now: datetime, cutoff: datetime) -> int:
 
 def _finish(report: Report, why: str) -> int:
     if report.finish_attempts >= settings.REPORT_MAX_ATTEMPTS:
-        generation.mark_failed(report.pk, f"Its finish was started {report.finish_attempts} times without finishing.")
+        failing.mark_failed(report.pk, f"Its finish was started {report.finish_attempts} times without finishing.")
         return 1
     logger.warning("report %s: %s; the sweep finishes it", report.pk, why)
     dispatch.send_signature(generation.finish_signature(report.pk), [None], about=f"report {report.pk}'s finish")

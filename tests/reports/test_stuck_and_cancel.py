@@ -17,7 +17,7 @@ from core.errors import Refused
 from ops import runs
 from ops.models import TaskRun
 from reports.models import Report, ReportSlice
-from reports.services import cancelling, figures, generation, requesting, sweeps
+from reports.services import cancelling, failing, figures, finishing, generation, requesting, slices, sweeps
 from tests.factories import staff_with
 from tests.reports.helpers import Sale, make_sales
 from tests.support.broker import messages_in
@@ -115,8 +115,8 @@ def test_the_sweep_finishes_a_report_whose_slices_are_all_done_but_nothing_finis
     ]
     # The sweep's finish carries the same link as the chord's body: the email follows it.
     assert links_of(message) == ["reports.tasks.notify_report_ready"]
-    assert generation.finish(report.pk, task_id="sweep-finish") == "done"
-    assert generation.finish(report.pk, task_id="chord-finish") == "skipped"  # idempotent
+    assert finishing.finish(report.pk, task_id="sweep-finish") == "done"
+    assert finishing.finish(report.pk, task_id="chord-finish") == "skipped"  # idempotent
     report.refresh_from_db()
     assert (report.status, report.summary["revenue"]) == ("done", "20.00")
 
@@ -165,11 +165,11 @@ def test_cancelling_a_running_report_stops_its_slices_and_drops_its_files(
 
     assert (report.status, report.csv_file.name, report.chart.name) == ("cancelled", "", "")
     assert not any(default_storage.exists(name) for name in old_files)
-    with pytest.raises(generation.Stopped):  # the running slice stops at its next check
-        generation._check_slice(running.pk, "slice-task")
+    with pytest.raises(failing.Stopped):  # the running slice stops at its next check
+        slices.check_slice(running.pk, "slice-task")
     # A slice that was not started cannot claim its row any more, whatever the broker does.
-    assert generation._claim_slice(done.pk, parts[1].period_start, "late-task") is None
-    assert generation.finish(done.pk, task_id="finish") == "skipped"
+    assert slices.claim_slice(done.pk, parts[1].period_start, "late-task") is None
+    assert finishing.finish(done.pk, task_id="finish") == "skipped"
     with pytest.raises(Refused, match="only a pending or running report can be cancelled"):
         cancelling.cancel_report(done.pk)
 
