@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from bench import harness
+from bench import harness, processes
 
 SCENARIOS = ("floor", "pipeline", "pipeline_latency", "latency", "campaign", "reports", "beat")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             traceback.print_exc()
             results[name] = {"name": name, "error": f"{type(exc).__name__}: {exc}"}
-    doc = report.document(results, quick=options.quick, smtp_server=harness.smtp_server_name())
+    doc = report.document(results, quick=options.quick, smtp_server=processes.smtp_server_name())
     report.write(doc, options.output)
     print(report.table(doc))
     print(f"\nJSON: {options.output}")

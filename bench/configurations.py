@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-from bench.harness import ALL_QUEUES, PREFORK_TODAY, WorkerSpec, log, median, shipped_workers
+from bench.harness import ALL_QUEUES, log, median
+from bench.processes import PREFORK_TODAY, WorkerSpec, shipped_workers
 from bench.scenarios import pipeline
 
 LATENCIES_MS = (0, 150)

@@ -9,7 +9,8 @@ own send_notification task over its own connection.
 
 from __future__ import annotations
 
-from bench.harness import flush_broker, log, median, reset_tables, running_worker, smtp_sink, wait_until
+from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.processes import running_worker, smtp_sink
 
 ROUND_TIMEOUT = 1800
 SUBJECT = "Spring sale, {{ first_name }}"

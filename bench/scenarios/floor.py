@@ -6,7 +6,8 @@ Each round also measures the floor with django-celery-results' own backend
 
 from __future__ import annotations
 
-from bench.harness import flush_broker, log, median, reset_tables, running_worker, wait_until
+from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.processes import running_worker
 
 ROUND_TIMEOUT = 300
 

@@ -15,7 +15,8 @@ import sys
 import time
 from http.cookies import SimpleCookie
 
-from bench.harness import Process, flush_broker, free_port, log, median, reset_tables, wait_until
+from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.processes import Process, free_port
 from bench.scenarios.pipeline import prepare_catalogue
 
 CLIENTS = 8

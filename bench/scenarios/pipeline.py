@@ -5,17 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from bench.harness import (
-    PREFORK_TODAY,
-    WorkerSpec,
-    flush_broker,
-    log,
-    median,
-    reset_tables,
-    running_workers,
-    smtp_sink,
-    wait_until,
-)
+from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.processes import PREFORK_TODAY, WorkerSpec, running_workers, smtp_sink
 
 ROUND_TIMEOUT = 900
 CUSTOMERS = 200

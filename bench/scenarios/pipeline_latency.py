@@ -18,7 +18,8 @@ workers' total peak RSS (every process) ÷ today's; `zero_ratio` is shipped at
 
 from __future__ import annotations
 
-from bench.harness import PREFORK_TODAY, log, median, shipped_workers
+from bench.harness import log, median
+from bench.processes import PREFORK_TODAY, shipped_workers
 from bench.scenarios import pipeline
 
 LATENCY_MS = 150

@@ -12,7 +12,8 @@ import time
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bench.harness import flush_broker, log, median, reset_tables, running_worker, wait_until
+from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.processes import running_worker
 
 MONTH_START, MONTH_END = date(2025, 1, 1), date(2025, 1, 31)
 ROUND_TIMEOUT = 900

@@ -13,9 +13,9 @@ from tests.support.processes import PROJECT_ROOT, wait_for
 RUN = textwrap.dedent(
     """
     import os, time
-    from bench import harness
+    from bench import harness, processes
     harness.exit_on_sigterm()
-    with harness.smtp_sink(dict(os.environ)) as sink:
+    with processes.smtp_sink(dict(os.environ)) as sink:
         print(sink.popen.pid, flush=True)
         time.sleep(120)
     """
