@@ -24,7 +24,6 @@ ops/migrations/0002_task_result_indexes.py).
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -39,6 +38,7 @@ from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
 from config import celery_app
+from ops import catalog
 from ops.health import Part
 from ops.schedule_checks import problems as row_problems
 
@@ -87,16 +87,9 @@ class ScheduleCheck:
         }
 
 
-@functools.cache
-def _import_tasks() -> None:
-    """Import every app's tasks module once: a web process has not necessarily imported them."""
-    celery_app.loader.import_default_modules()
-
-
 def grace_for(task_name: str) -> timedelta:
     """SCHEDULE_GRACE plus the task's hard time limit (the project default for tasks this process does not know)."""
-    _import_tasks()
-    task = celery_app.tasks.get(task_name)
+    task = catalog.registered(task_name)
     limit = (task.time_limit if task is not None else None) or settings.CELERY_TASK_TIME_LIMIT
     return settings.SCHEDULE_GRACE + timedelta(seconds=limit)
 
