@@ -14,6 +14,7 @@ from django_celery_results.models import TaskResult
 
 from ops.models import TaskRun
 from tests.factories import UserFactory
+from tests.ops.helpers import schedule_form
 from tests.orders.helpers import place, product
 from tests.support.broker import messages_in
 
@@ -32,27 +33,6 @@ def plain_admin_client() -> Client:
     client = Client()
     client.force_login(user)
     return client
-
-
-def form(interval: IntervalSchedule, **fields: str) -> dict[str, object]:
-    data = {
-        "name": "Nightly sweep",
-        "regtask": "orders.tasks.check_pending_orders",
-        "task": "",
-        "enabled": "on",
-        "interval": interval.pk,
-        "args": "[]",
-        "kwargs": "{}",
-        "headers": "{}",
-        "expire_seconds": "",
-        "description": "",
-        "priority": "",
-        "queue": "",
-        "exchange": "",
-        "routing_key": "",
-    }
-    data.update(fields)
-    return data
 
 
 @pytest.mark.parametrize(
@@ -75,7 +55,7 @@ def form(interval: IntervalSchedule, **fields: str) -> dict[str, object]:
 )
 def test_the_schedule_form_rejects_what_cannot_run(admin_client, fields: dict, field: str, message: str) -> None:
     interval = IntervalSchedule.objects.create(every=10, period="seconds")
-    response = admin_client.post(ADD_URL, form(interval, **fields))
+    response = admin_client.post(ADD_URL, schedule_form(interval, **fields))
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert message in " ".join(errors.get(field, [])), errors
@@ -85,7 +65,7 @@ def test_the_schedule_form_rejects_what_cannot_run(admin_client, fields: dict, f
 def test_a_valid_schedule_is_saved(admin_client) -> None:
     interval = IntervalSchedule.objects.create(every=10, period="seconds")
     response = admin_client.post(
-        ADD_URL, form(interval, regtask="orders.tasks.process_order", args="[7]", queue="default")
+        ADD_URL, schedule_form(interval, regtask="orders.tasks.process_order", args="[7]", queue="default")
     )
     assert response.status_code == 302
     assert PeriodicTask.objects.get(name="Nightly sweep").args == "[7]"

@@ -11,6 +11,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from django_celery_results.models import TaskResult
 
 from ops.models import BeatHeartbeat
+from tests.ops.helpers import schedule_form
 from tests.support.processes import BeatProcess, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -31,22 +32,7 @@ def test_a_schedule_created_changed_and_disabled_in_the_admin_takes_effect_witho
 
         response = admin_client.post(
             "/admin/django_celery_beat/periodictask/add/",
-            {
-                "name": "Sweep often",
-                "regtask": "orders.tasks.check_pending_orders",
-                "task": "",
-                "enabled": "on",
-                "interval": every_second.pk,
-                "args": "[]",
-                "kwargs": "{}",
-                "headers": "{}",
-                "expire_seconds": "5",
-                "description": "",
-                "priority": "",
-                "queue": "",
-                "exchange": "",
-                "routing_key": "",
-            },
+            schedule_form(every_second, name="Sweep often", expire_seconds="5"),
         )
         assert response.status_code == 302, response.context["adminform"].form.errors
         wait_for(lambda: runs_of("Sweep often") >= 2, 30, 0.2, "the new schedule's runs")
@@ -54,22 +40,12 @@ def test_a_schedule_created_changed_and_disabled_in_the_admin_takes_effect_witho
         task = PeriodicTask.objects.get(name="Sweep often")
         admin_client.post(
             f"/admin/django_celery_beat/periodictask/{task.pk}/change/",
-            {
-                "name": "Sweep often",
-                "regtask": "notifications.tasks.requeue_stale_notifications",
-                "task": "",
-                "enabled": "on",
-                "interval": every_second.pk,
-                "args": "[]",
-                "kwargs": "{}",
-                "headers": "{}",
-                "expire_seconds": "5",
-                "description": "",
-                "priority": "",
-                "queue": "",
-                "exchange": "",
-                "routing_key": "",
-            },
+            schedule_form(
+                every_second,
+                name="Sweep often",
+                regtask="notifications.tasks.requeue_stale_notifications",
+                expire_seconds="5",
+            ),
         )
         wait_for(
             lambda: TaskResult.objects.filter(

@@ -9,33 +9,13 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from ops import schedules
 from ops.models import ScheduleChange
 from tests.factories import client_of, staff_with
+from tests.ops.helpers import schedule_form
 
 pytestmark = pytest.mark.django_db
 
 ADD_URL = "/admin/django_celery_beat/periodictask/add/"
 CRONTAB_ADD_URL = "/admin/django_celery_beat/crontabschedule/add/"
 NESTED_ARGS = "[" * 5000 + "]" * 5000
-
-
-def schedule_form(interval: IntervalSchedule | None = None, **fields: str) -> dict[str, object]:
-    data = {
-        "name": "Nightly sweep",
-        "regtask": "orders.tasks.check_pending_orders",
-        "task": "",
-        "enabled": "on",
-        "interval": interval.pk if interval else "",
-        "args": "[]",
-        "kwargs": "{}",
-        "headers": "{}",
-        "expire_seconds": "",
-        "description": "",
-        "priority": "",
-        "queue": "",
-        "exchange": "",
-        "routing_key": "",
-    }
-    data.update(fields)
-    return data
 
 
 def crontab_form(**fields: str) -> dict[str, str]:
