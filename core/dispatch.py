@@ -17,16 +17,19 @@ a web request, or after a transaction that already committed.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
 
+import redis
 from amqp.exceptions import AMQPError, MessageNacked
 from celery import Task, chord, group
 from celery.canvas import Signature
 from django.db import transaction
 from kombu.exceptions import OperationalError
+from redis.exceptions import MasterDownError, NoPermissionError
 
 from config import celery_app
 
@@ -38,9 +41,41 @@ logger = logging.getLogger(__name__)
 # retries are spent; a refused or reset socket can surface as OSError. RabbitMQ's
 # other refusals come as they are: a channel error (NOT_FOUND for an exchange that
 # is not there, ACCESS_REFUSED, PRECONDITION_FAILED) or a connection error (AMQPError),
-# and a nack outside Celery's publish as MessageNacked.
-BROKER_REFUSALS = (OperationalError, AMQPError, MessageNacked)
+# and a nack outside Celery's publish as MessageNacked. Redis's error replies, as
+# Kombu wraps them or as redis-py raises them, count only when broker_refused() says so.
+BROKER_REFUSALS = (OperationalError, AMQPError, MessageNacked, redis.ResponseError)
 BROKER_ERRORS = (*BROKER_REFUSALS, OSError)
+
+# Redis answers a command it will not run with an error reply, and Kombu wraps every
+# such reply in OperationalError, as it does a lost connection. Only the replies that
+# say the server refuses writes for now count as the broker unavailable: each ends
+# without a change to the code, and the sweeps make good what it refused. OOM: used
+# memory reached maxmemory under `noeviction` (the policy compose runs, so that a full
+# Redis refuses messages rather than evicting queued ones) until workers drain the
+# queues. READONLY: a replica, until a failover ends. MASTERDOWN: a replica cut off
+# from its master. MISCONF: a failed snapshot or AOF write. NOREPLICAS: fewer replicas
+# than min-replicas-to-write. NOPERM: an ACL denies the write (RabbitMQ's ACCESS_REFUSED
+# counts too). Any other reply (WRONGTYPE at a queue's key, a wrong argument) comes from
+# a bug, and stays one: raised, an error in the log and a 500, never a warning and a
+# 503 that would hide it while every sweep fails the same way.
+REDIS_REFUSALS = (redis.OutOfMemoryError, redis.ReadOnlyError, MasterDownError, NoPermissionError)
+# redis-py has no class for these; in a pipeline it puts "Command # 1 (...) of pipeline caused error: " first.
+REDIS_REFUSAL_CODES = re.compile(r"(?:^|caused error: )(?:MISCONF|NOREPLICAS) ")
+
+
+def broker_refused(exc: BaseException) -> bool:
+    """True when `exc`, one of BROKER_REFUSALS, says the broker is away or refuses the message (not a Redis bug)."""
+    if not isinstance(exc, BROKER_REFUSALS):
+        return False
+    reply = exc if isinstance(exc, redis.ResponseError) else exc.__cause__
+    if isinstance(reply, redis.ResponseError):
+        return isinstance(reply, REDIS_REFUSALS) or bool(REDIS_REFUSAL_CODES.search(str(reply)))
+    return True
+
+
+def broker_unavailable(exc: BaseException) -> bool:
+    """True for what publishing raises when the broker cannot take a message: the senders log it and go on."""
+    return isinstance(exc, OSError) or broker_refused(exc)
 
 
 def task(name: str) -> Task:
@@ -68,6 +103,8 @@ def send(
     try:
         task(name).apply_async(args, kwargs, task_id=task_id, countdown=countdown, expires=expires)
     except BROKER_ERRORS as exc:
+        if not broker_unavailable(exc):
+            raise
         logger.warning("broker unavailable, %s%s not sent; its sweep sends it later: %s", name, list(args), _why(exc))
         return False
     return True
@@ -102,6 +139,8 @@ def revoke(task_ids: Sequence[str], *, about: str) -> bool:
     try:
         celery_app.control.revoke(list(task_ids))
     except BROKER_ERRORS as exc:
+        if not broker_unavailable(exc):
+            raise
         logger.warning("broker unavailable, %s not revoked: %s", about, _why(exc))
         return False
     return True
@@ -139,6 +178,8 @@ def _send_canvas(canvas: Signature, about: str, args: Sequence[Any] = ()) -> boo
     try:
         canvas.apply_async(tuple(args))
     except BROKER_ERRORS as exc:
+        if not broker_unavailable(exc):
+            raise
         logger.warning("broker unavailable, %s not sent; its sweep sends it later: %s", about, _why(exc))
         return False
     return True

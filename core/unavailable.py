@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.views import defaults
 
-from core.dispatch import BROKER_REFUSALS
+from core.dispatch import broker_refused
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ RETRY_AFTER_SECONDS = 5
 OUTAGE_ERRORS = (
     DatabaseOperationalError,  # cannot connect, connection lost, the server shutting down, a statement timeout
     InterfaceError,  # a connection already closed
-    *BROKER_REFUSALS,  # Kombu gave up publishing, RabbitMQ nacked or refused the message
     redis.ConnectionError,
     redis.TimeoutError,
     ConnectionError,  # a refused or reset socket
@@ -38,7 +37,11 @@ OUTAGE_ERRORS = (
 
 def is_outage(exc: BaseException | None) -> bool:
     """True for an error that says the database or the broker is unreachable, itself or as the direct cause."""
-    return isinstance(exc, OUTAGE_ERRORS) or isinstance(getattr(exc, "__cause__", None), OUTAGE_ERRORS)
+    return any(
+        isinstance(error, OUTAGE_ERRORS) or broker_refused(error)  # Kombu gave up, RabbitMQ or Redis refused
+        for error in (exc, getattr(exc, "__cause__", None))
+        if error is not None
+    )
 
 
 def unavailable(request: HttpRequest, exc: BaseException) -> HttpResponse:

@@ -19,18 +19,27 @@ from urllib.parse import urlsplit
 import pytest
 from celery.exceptions import TimeoutError as ResultTimeout
 from django.conf import settings
-from django.test import Client, RequestFactory
+from django.test import RequestFactory
 from django.utils import timezone
-from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 from kombu import Connection, Queue
 
 from config import celery_app
 from core import unavailable
 from orders.models import Order
-from tests.support.broker import DELAY_QUEUES, RabbitMQBroker, project_queues, rabbitmqctl, sweep_until, throwaway_vhost
+from tests.support.broker import (
+    DELAY_QUEUES,
+    RabbitMQBroker,
+    assert_run_now_answers_503,
+    order_sweep_schedule,
+    project_queues,
+    rabbitmqctl,
+    sweep_until,
+    throwaway_vhost,
+    web_sessions,
+)
 from tests.support.processes import PROJECT_ROOT, WorkerProcess, wait_for
-from tests.support.servers import HttpSession, WebProcess
+from tests.support.servers import WebProcess
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -153,19 +162,12 @@ def test_when_rabbitmq_nacks_the_web_answers_503_or_keeps_the_order_for_the_swee
     from tests.orders.helpers import product
 
     mug = product(stock=5)
-    every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
-    sweep, _ = PeriodicTask.objects.update_or_create(
-        name=SWEEP, defaults={"task": SWEEP, "interval": every_minute, "enabled": False}
-    )
-    customer_login, staff_login = Client(), Client()
-    customer_login.force_login(customer)
-    staff_login.force_login(staff)
+    sweep = order_sweep_schedule()
     env = {**web_env, "CELERY_BROKER_URL": vhost, "ORDER_REQUEUE_AFTER": "1s"}
 
     with WebProcess(env) as web:
         web.wait_ready()
-        shopper = HttpSession(web.base_url, customer_login.cookies["sessionid"].value)
-        admin = HttpSession(web.base_url, staff_login.cookies["sessionid"].value)
+        shopper, admin = web_sessions(web.base_url, customer, staff)
         placed = shopper.request("POST", "/api/orders/", {"lines": [{"sku": mug.sku, "quantity": 1}]})
         assert placed.status == 202, placed.body  # the queues exist now, declared by that first publish
         rabbitmqctl(
@@ -188,14 +190,7 @@ def test_when_rabbitmq_nacks_the_web_answers_503_or_keeps_the_order_for_the_swee
             0.1,
             "the nacked send logged as one the sweep makes good",
         )
-        # Work sent by hand in the request itself: 503 with Retry-After, not 500.
-        run_now = admin.request(
-            "POST",
-            "/admin/django_celery_beat/periodictask/",
-            form={"action": "run_now", "_selected_action": [sweep.pk]},
-        )
-        assert (run_now.status, run_now.headers.get("Retry-After")) == (503, "5"), run_now.body[:500]
-        assert "Internal Server Error" not in web.output()
+        assert_run_now_answers_503(admin, sweep, web.output)
 
     rabbitmqctl(vhost, "clear_policy", "-p", vhost_name(vhost), "full")
     with WorkerProcess(env, concurrency=1) as worker:

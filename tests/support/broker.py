@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -208,6 +208,43 @@ def sweep_until(broker_url: str, task_name: str, row: Model, status: str, what: 
             return row.status == status
 
         wait_for(swept_and_reached, timeout, 0, what)
+
+
+ORDER_SWEEP = "orders.tasks.check_pending_orders"
+
+
+def web_sessions(base_url: str, *users: Model) -> list[Any]:
+    """An HttpSession per user, logged in, on the real web process at base_url."""
+    from django.test import Client
+
+    from tests.support.servers import HttpSession
+
+    sessions = []
+    for user in users:
+        login = Client()
+        login.force_login(user)
+        sessions.append(HttpSession(base_url, login.cookies["sessionid"].value))
+    return sessions
+
+
+def order_sweep_schedule() -> Model:
+    """The order sweep's periodic task, disabled, for staff to run by hand (the admin's "run now")."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    every_minute, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.MINUTES)
+    sweep, _ = PeriodicTask.objects.update_or_create(
+        name=ORDER_SWEEP, defaults={"task": ORDER_SWEEP, "interval": every_minute, "enabled": False}
+    )
+    return sweep
+
+
+def assert_run_now_answers_503(admin: Any, schedule: Model, web_output: Callable[[], str]) -> None:
+    """While the broker refuses: the admin's "run now" (work sent in the request itself) answers 503, never 500."""
+    run_now = admin.request(
+        "POST", "/admin/django_celery_beat/periodictask/", form={"action": "run_now", "_selected_action": [schedule.pk]}
+    )
+    assert (run_now.status, run_now.headers.get("Retry-After")) == (503, "5"), run_now.body[:500]
+    assert "Internal Server Error" not in web_output()
 
 
 def rabbitmqctl(url: str, *args: str) -> None:

@@ -38,6 +38,10 @@ def _load_services() -> ModuleType:
 services = _load_services()
 
 
+# A Redis that refuses writes once full, as compose runs it (noeviction); fill() fills it.
+FULL_AT_4MB = ("--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+
+
 class RedisServer:
     """A redis-server of the test's own, on a port of its own, that the test can stop and restart."""
 
@@ -81,6 +85,21 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+    def fill(self) -> None:
+        """Write ballast until this Redis, started with FULL_AT_4MB, refuses writes (OOM) from then on."""
+        client = redis.Redis.from_url(self.url)
+        for number in range(10_000):
+            try:
+                client.set(f"ballast:{number}", b"x" * 10_000)
+            except redis.OutOfMemoryError:
+                return
+        raise AssertionError("Redis took every write: it should have refused them past maxmemory")
+
+    def drop_ballast(self) -> None:
+        """Delete what fill() wrote: Redis takes writes again."""
+        client = redis.Redis.from_url(self.url)
+        client.delete(*client.keys("ballast:*"))
 
     def __enter__(self) -> RedisServer:
         return self.start()
