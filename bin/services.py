@@ -5,9 +5,11 @@
 CELERY_BROKER_URL (Redis); `up --rabbitmq` adds TEST_RABBITMQ_URL, for the
 RabbitMQ pass of bin/test. It uses the URLs already in the environment when they answer,
 then the localhost defaults, and otherwise starts throwaway servers from the
-installed binaries under a temporary folder. `services.py down` stops the
-throwaway servers it started. Only the standard library is used, so it runs
-before any virtualenv exists.
+installed binaries under a temporary folder. It keeps the record of the
+throwaway servers it started in a file of this run's own, and prints its path as
+TEST_SERVICES_STATE; `services.py down`, in the shell that evaluated those lines,
+stops those servers and no other run's. Only the standard library is used, so it
+runs before any virtualenv exists.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-STATE = Path(tempfile.gettempdir()) / f"backoffice-test-services-{os.getuid()}.json"
+# The environment variable that names this run's record of the throwaway servers it started.
+STATE_VARIABLE = "TEST_SERVICES_STATE"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/backoffice"
 # A database number of its own, so the suite never touches a local app's queues.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/15"
@@ -348,17 +351,36 @@ def up(rabbitmq: bool = False) -> None:
             rabbitmq_url, record = start_rabbitmq()
             started.append(record)
 
-    STATE.write_text(json.dumps(started))
+    # A file of this run's own: parallel runs (bin/test twice, bin/test beside bin/bench) each stop only theirs.
+    # Written even when empty, so that a down never reads a record named by an outer run's environment.
+    descriptor, state = tempfile.mkstemp(prefix=f"backoffice-test-services-{os.getuid()}-", suffix=".json")
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(started, file)
+    print(f"export {STATE_VARIABLE}={shlex.quote(state)}")
     print(f"export DATABASE_URL={shlex.quote(database_url)}")
     print(f"export CELERY_BROKER_URL={shlex.quote(broker_url)}")
     if rabbitmq:
         print(f"export TEST_RABBITMQ_URL={shlex.quote(rabbitmq_url)}")
 
 
+def run_state() -> Path | None:
+    """This run's record of its throwaway servers, named by the `up` lines this environment holds; None without one.
+
+    None also when up failed before writing it, or down already removed it.
+    """
+    name = os.environ.get(STATE_VARIABLE)
+    return Path(name) if name and Path(name).is_file() else None
+
+
+def started_servers() -> list[dict]:
+    """The throwaway servers this run's `up` started (the tests read a RabbitMQ node's name and cookie here)."""
+    state = run_state()
+    return json.loads(state.read_text()) if state else []
+
+
 def down() -> None:
-    if not STATE.exists():
-        return
-    for record in json.loads(STATE.read_text()):
+    """Stop the throwaway servers of this run (TEST_SERVICES_STATE), and no other run's."""
+    for record in started_servers():
         if record["kind"] == "postgres":
             remove_postgres(record)
         elif record["kind"] == "redis":
@@ -369,7 +391,9 @@ def down() -> None:
             stop_rabbitmq(record)
             shutil.rmtree(record["root"], ignore_errors=True)
         log(f"stopped the throwaway {record['kind']}")
-    STATE.unlink()
+    state = run_state()
+    if state is not None:
+        state.unlink()
 
 
 if __name__ == "__main__":

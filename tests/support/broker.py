@@ -253,8 +253,7 @@ def rabbitmqctl(url: str, *args: str) -> None:
 
     port = urlsplit(url).port or 5672
     command, env = ["rabbitmqctl"], dict(os.environ)
-    records = json.loads(services.STATE.read_text()) if services.STATE.exists() else []
-    for record in records:
+    for record in services.started_servers():
         if record.get("kind") == "rabbitmq" and record.get("port") == port:
             # Its node name and Erlang cookie, as bin/services.py start_rabbitmq_node gives them.
             ctl = Path(services.rabbitmq_server()).with_name("rabbitmqctl")
