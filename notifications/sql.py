@@ -17,22 +17,38 @@ def in_one_statement() -> bool:
     return connection.vendor == "postgresql"
 
 
-# notifications.services.bulk: record one email of a chunk as sent or failed,
-# while this task holds it, and move its campaign's count by the same row, as
-# soon as the server took it. Bulk kinds never carry a credential, so the
-# body stays (outbox.final() would keep it too). Measured on a loaded 2-core
-# machine against locmem mail: a transaction of two UPDATEs cost 9-15 ms per
-# email; this, about a tenth of that (see the commit message).
-RECORD_BULK_EMAIL = """
-WITH recorded AS (
-    UPDATE notifications_notification
-    SET status = %(status)s, sent_at = %(sent_at)s, last_error = %(error)s,
+# notifications.services.bulk: record a chunk's emails as sent or failed, a few at
+# a time as the server takes them, where this task still holds them, and move
+# their campaign's counts by the same rows. Bulk kinds never carry a
+# credential, so the body stays (outbox.final() would keep it too). Measured on a
+# loaded 2-core machine against locmem mail: a transaction of two UPDATEs cost
+# 9-15 ms per email; one statement per email about a tenth of that, and about 0.7
+# ms of a chunk's 2.7 ms per email in the bench; one per RECORD_EVERY emails
+# (see the commit message).
+RECORD_BULK_EMAILS = """
+WITH outcome AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(statuses)s::varchar[], %(sent_at)s::timestamptz[], %(errors)s::text[])
+        AS outcome (id, status, sent_at, error)
+),
+recorded AS (
+    UPDATE notifications_notification AS notification
+    SET status = outcome.status, sent_at = outcome.sent_at, last_error = outcome.error,
         lease_owner = '', lease_expires_at = NULL, updated_at = %(now)s
-    WHERE id = %(notification_id)s AND lease_owner = %(task_id)s AND status = 'sending'
-    RETURNING campaign_id
+    FROM outcome
+    WHERE notification.id = outcome.id AND notification.lease_owner = %(task_id)s
+        AND notification.status = 'sending'
+    RETURNING notification.campaign_id, notification.status
+),
+counted AS (
+    SELECT campaign_id, count(*) FILTER (WHERE status = 'sent') AS sent,
+        count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM recorded
+    WHERE campaign_id IS NOT NULL
+    GROUP BY campaign_id
 )
 UPDATE notifications_campaign AS campaign
-SET sent = campaign.sent + %(sent)s, failed = campaign.failed + %(failed)s
-FROM recorded
-WHERE campaign.id = recorded.campaign_id
+SET sent = campaign.sent + counted.sent, failed = campaign.failed + counted.failed
+FROM counted
+WHERE campaign.id = counted.campaign_id
 """

@@ -16,7 +16,7 @@ from django.utils import timezone
 from core.base_task import Attempt
 from notifications import ratelimit
 from notifications.models import Campaign, EmailPreference, Notification
-from notifications.services import campaigns, digest, outbox, preferences, sweeps
+from notifications.services import bulk, campaigns, digest, outbox, preferences, sweeps
 from orders.models import Order
 from tests.factories import UserFactory
 from tests.orders.helpers import place, product
@@ -147,6 +147,38 @@ def test_a_chunk_sends_its_range_and_the_counts_match_the_rows(smtp_server, sett
     assert spring.status == "done"
     assert smtp_server.inbox.count() == 30
     assert smtp_server.inbox.connections() == 1, "a chunk must send over one SMTP connection"
+
+
+def _chunk_noting_unrecorded(settings, backend: str, recipients: int) -> list[int]:
+    from tests.support import mail as test_mail
+
+    settings.EMAIL_RATE_LIMIT = None
+    for _ in range(recipients):
+        UserFactory()
+    spring = campaign()
+    campaigns.start_campaign(spring.pk)
+    campaigns.launch_campaign(spring.pk, task_id="launch-1")
+    ids = list(Notification.objects.filter(campaign=spring).order_by("pk").values_list("pk", flat=True))
+    settings.EMAIL_BACKEND = f"tests.support.mail.{backend}"
+    test_mail.NotesUnrecordedEmails.unrecorded = []
+
+    result = campaigns.send_campaign_chunk(spring.pk, ids[0], ids[-1], attempt=Attempt("chunk-1"))
+
+    spring.refresh_from_db()
+    assert (result.sent, spring.sent, spring.status) == (recipients, recipients, "done")
+    return test_mail.NotesUnrecordedEmails.unrecorded
+
+
+def test_a_chunk_records_its_emails_every_few_so_a_kill_could_resend_fewer_than_that(settings, monkeypatch) -> None:
+    monkeypatch.setattr(bulk, "RECORD_WITHIN", 60.0)  # the count alone decides here
+    unrecorded = _chunk_noting_unrecorded(settings, "NotesUnrecordedEmails", 2 * bulk.RECORD_EVERY + 5)
+    assert max(unrecorded) == bulk.RECORD_EVERY - 1
+    assert unrecorded[bulk.RECORD_EVERY] == 0, "the first RECORD_EVERY were recorded before the next send"
+
+
+def test_on_a_slow_server_a_chunk_records_each_email_before_sending_the_next(settings, monkeypatch) -> None:
+    monkeypatch.setattr(bulk, "RECORD_WITHIN", 0.02)  # each send takes 0.03 s
+    assert set(_chunk_noting_unrecorded(settings, "SlowNotesUnrecordedEmails", 4)) == {0}
 
 
 def test_a_throttled_chunk_stops_and_reschedules_itself(smtp_server, settings, broker) -> None:

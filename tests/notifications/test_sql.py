@@ -19,24 +19,25 @@ pytestmark = pytest.mark.django_db
 
 def test_the_statement_is_planned_by_postgresql_against_the_real_tables() -> None:
     parameters = {
-        "status": "sent",
-        "sent_at": timezone.now(),
-        "error": "",
+        "ids": [1, 2],
+        "statuses": ["sent", "failed"],
+        "sent_at": [timezone.now(), None],
+        "errors": ["", "550 no such user"],
         "now": timezone.now(),
-        "notification_id": 1,
         "task_id": "t",
-        "sent": 1,
-        "failed": 0,
     }
     with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN {sql.RECORD_BULK_EMAIL}", parameters)
+        cursor.execute(f"EXPLAIN {sql.RECORD_BULK_EMAILS}", parameters)
         assert cursor.fetchall()
 
 
 def test_the_columns_it_sets_are_the_models_own() -> None:
-    assignments = re.findall(r"(\w+) = ", sql.RECORD_BULK_EMAIL.split("WHERE")[0])
+    set_clauses = re.findall(r"\bSET (.*?)\bFROM\b", sql.RECORD_BULK_EMAILS, re.DOTALL)
+    assignments = {name for clause in set_clauses for name in re.findall(r"(\w+) = ", clause)}
     columns = {f.column for model in (Notification, Campaign) for f in model._meta.concrete_fields}
-    assert set(assignments) <= columns
+    assert len(set_clauses) == 2
+    assert assignments <= columns
+    assert {"status", "sent_at", "last_error", "sent", "failed"} <= assignments
 
 
 def _chunk_outcome(settings, monkeypatch, one_statement: bool) -> tuple:
