@@ -35,10 +35,23 @@ def save_csv(name: str, figures: Figures, products: dict[int, Any]) -> str:
         return default_storage.save(name, File(handle))
 
 
-def save_chart(name: str, figures: Figures, report: Report) -> str:
+def load_chart_library() -> None:
+    """Import matplotlib (and numpy under it) for save_chart: about 0.5 s, the most of a small report's finish.
+
+    Imported here rather than at the top so that web processes and workers that never
+    draw a chart do not carry it (about 40 MB); reports.tasks has a worker that takes
+    reports load it as it starts, once, before its pool forks.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display in a worker
+    import matplotlib.dates
+    import matplotlib.pyplot
+    import matplotlib.ticker
+
+
+def save_chart(name: str, figures: Figures, report: Report) -> str:
+    load_chart_library()
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter

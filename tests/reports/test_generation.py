@@ -117,3 +117,12 @@ def test_a_failing_slice_marks_the_report_failed_and_presents_no_file(start_work
     assert "Errno" in report.error
     assert not report.csv_file and not report.chart
     assert report.progress < 100
+
+
+def test_a_worker_that_runs_reports_loads_the_chart_library_as_it_starts_and_others_do_not(
+    start_shipped_workers,
+) -> None:
+    low, high = start_shipped_workers("worker-low", "worker-high")
+
+    assert "chart library loaded for reports" in low.output()
+    assert "chart library loaded" not in high.output()
