@@ -22,7 +22,7 @@ from core.dates import start_of_day
 from core.errors import Refused
 from core.time_limits import SoftTimeLimitExceeded
 from notifications.models import Campaign, EmailPreference, Notification
-from notifications.services.bulk import ChunkResult, batched, deliver_range, id_ranges
+from notifications.services.bulk import CHUNK_SIZE, ChunkResult, batched, deliver_range, id_ranges
 from notifications.services.preferences import marketing_headers, unsubscribe_url
 from orders.services import history
 
@@ -32,8 +32,11 @@ Status = Notification.Status
 Kind = Notification.Kind
 
 
-# Rows written per INSERT when materialising an audience.
-MATERIALISE_BATCH_SIZE = 2000
+# Rows written per INSERT when materialising an audience: one chunk's worth, so the
+# first chunk goes out as soon as its rows are written. At 2,000 a campaign of 1,000
+# had all its rows written (a quarter of its time, py-spy: half rendering, a third
+# the INSERT) while the other worker process waited for a chunk.
+MATERIALISE_BATCH_SIZE = CHUNK_SIZE
 
 # The last_error of the rows a failed launch cancelled: resume_campaign queues exactly these again.
 LAUNCH_FAILED_NOTE = "Cancelled because the campaign's launch failed; resuming the campaign sends it."
