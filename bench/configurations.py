@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from bench.harness import ALL_QUEUES, log, median
+from bench.harness import PIPELINE_QUEUES, log, median
 from bench.processes import PREFORK_TODAY, WorkerSpec, shipped_workers
 from bench.scenarios import pipeline
 
@@ -23,10 +23,10 @@ def split(pool: str, orders: int, emails: int) -> tuple[WorkerSpec, ...]:
 
 
 CONFIGURATIONS: dict[str, tuple[WorkerSpec, ...]] = {
-    "prefork -c 2, all queues (today's)": PREFORK_TODAY,
-    "prefork -c 4, all queues": (WorkerSpec(ALL_QUEUES, "prefork", 4),),
-    "prefork -c 8, all queues": (WorkerSpec(ALL_QUEUES, "prefork", 8),),
-    "threads -c 16, all queues": (WorkerSpec(ALL_QUEUES, "threads", 16),),
+    "prefork -c 2, orders and email (today's)": PREFORK_TODAY,
+    "prefork -c 4, orders and email": (WorkerSpec(PIPELINE_QUEUES, "prefork", 4),),
+    "prefork -c 8, orders and email": (WorkerSpec(PIPELINE_QUEUES, "prefork", 8),),
+    "threads -c 16, orders and email": (WorkerSpec(PIPELINE_QUEUES, "threads", 16),),
     "threads split, orders -c 16 / emails -c 8": split("threads", 16, 8),
     "threads split, orders -c 32 / emails -c 8": split("threads", 32, 8),
     "threads split, orders 2 processes × -c 16 / emails -c 8": (
