@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notifications.models import Notification
+from notifications.models import Campaign, Notification
 from notifications.services import outbox
 
 
@@ -25,3 +25,8 @@ def make_customers(count: int, prefix: str = "bulk") -> list[int]:
     batch = [users(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com", password="!") for i in range(count)]
     users.objects.bulk_create(batch, batch_size=1000)
     return list(users.objects.filter(username__startswith=prefix).values_list("pk", flat=True))
+
+
+def campaign(**fields: object) -> Campaign:
+    defaults = {"name": "Spring", "subject": "Hi {{ first_name }}", "body": "Hello {{ username }}!"}
+    return Campaign.objects.create(**{**defaults, **fields})
