@@ -77,12 +77,21 @@ def test_rabbitmq_stopped_under_load_and_started_again_keeps_every_queued_order_
         def refused() -> bool:
             return "broker unavailable" in worker.output()
 
-        wait_for(
-            lambda: emails.filter(status="sent").count() == len(ids) or refused(),
-            120,
-            0.5,
-            "every email sent from its kept message, or a refused one logged",
-        )
+        try:
+            wait_for(
+                lambda: emails.filter(status="sent").count() == len(ids) or refused(),
+                120,
+                0.5,
+                "every email sent from its kept message, or a refused one logged",
+            )
+        except AssertionError:
+            unsent = list(
+                emails.exclude(status="sent").values(
+                    "pk", "subject_object", "status", "attempts", "last_error", "lease_owner", "updated_at"
+                )
+            )
+            about = [line for line in worker.output().splitlines() if "send_notification" in line or "rror" in line]
+            raise AssertionError(f"unsent: {unsent}\nworker lines: {about[-60:]}") from None
         if refused():
             with celery_app.connection_for_write(server.url) as connection:
                 celery_app.send_task("notifications.tasks.requeue_stale_notifications", connection=connection)
