@@ -1,10 +1,12 @@
-"""Small database helpers for the few statements that the ORM cannot say as one."""
+"""Small database helpers: the few statements that the ORM cannot say as one, and when a commit waits for the disk."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Model
 from django.db.models.constants import OnConflict
 
@@ -49,3 +51,58 @@ def instance_from_row(model: type[M], row: dict[str, Any]) -> M:
     """A saved instance of `model` from a row keyed by column name; fields the row lacks are deferred."""
     present = [field for field in model._meta.concrete_fields if field.column in row]
     return model.from_db(connection.alias, [field.attname for field in present], [row[f.column] for f in present])
+
+
+@contextmanager
+def commits_not_waiting_for_disk() -> Iterator[None]:
+    """Inside, a commit returns once PostgreSQL has the change, before its log is on disk (synchronous_commit off).
+
+    On a durable PostgreSQL every commit waits for the disk, and a checkpoint that
+    nothing outside the database has seen yet need not: for a run of such
+    checkpoints only the last commit before the outside world hears of them must
+    wait. PostgreSQL writes its log in order, so a commit that waits makes every
+    commit before it durable as well. What this gives up is narrow: a crash of
+    PostgreSQL itself (not a restart, which writes the log out first, and not a
+    crash of a worker: the commit is in PostgreSQL either way) within about three
+    `wal_writer_delay`s (0.6 s by default) of such commits loses them, and the
+    database comes back as it was at the last commit that waited: consistent, a
+    few steps back, which a retry or a sweep redoes. Callers wrap only steps that
+    are safe to redo and keep a commit that waits before anything that is not
+    (wait_for_disk_on_commit). A no-op on other databases.
+
+    Session-wide until the block ends, so it costs two statements for any number
+    of commits; the setting is reset on the way out, or the connection closed
+    when it cannot be, so it never outlives the block.
+    """
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO off")
+    try:
+        yield
+    finally:
+        _reset_synchronous_commit()
+
+
+def _reset_synchronous_commit() -> None:
+    if connection.connection is None or connection.needs_rollback:
+        return  # closed, or the SET goes with the transaction being rolled back around it
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET synchronous_commit")
+    except DatabaseError:
+        connection.close()  # the next use opens a new session, with the server's setting
+
+
+def wait_for_disk_on_commit() -> None:
+    """Make the current transaction's commit wait for the disk, even inside commits_not_waiting_for_disk().
+
+    For the commit before a call to the outside that must not be forgotten (a
+    payment intent before the gateway): it makes every earlier commit durable too.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("wait_for_disk_on_commit() belongs inside transaction.atomic(): it sets the commit of one")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO on")

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from core import dispatch
 from core.base_task import Attempt
+from core.db import commits_not_waiting_for_disk
 from core.time_limits import SoftTimeLimitExceeded, soft_limit_deferred
 from notifications import ratelimit, sql
 from notifications.models import Campaign, Notification
@@ -100,63 +101,45 @@ def deliver_range(
     limit = rate_limit()
     done = _Recorder(attempt.task_id, campaign_id)
     connection = get_connection()
-    try:
-        _commit_without_waiting_for_the_disk(True)
-        while True:
-            if (
-                campaign_id is not None
-                and not Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).exists()
-            ):
-                break  # cancelled (its queued rows were cancelled with it) or finished
-            wanted = BULK_BATCH_SIZE
-            if limit is not None:
-                grant = ratelimit.take("email", wanted, limit, reserve=limit.bulk_reserve)
-                if not grant.granted:
-                    return ChunkResult(done.sent, done.failed, throttled_for=grant.wait)
-                wanted = grant.granted
-            batch = _claim_batch(rows, wanted, attempt.task_id)
-            if not batch:
-                break
-            _send_batch(connection, batch, attempt, done)
-            progress(done.sent, done.failed)
-    except SoftTimeLimitExceeded:
-        done.record()  # first: the rows it records are still claimed, and the claimed ones go back below
-        claimed = rows.filter(lease_owner=attempt.task_id).values_list("pk", flat=True)
-        released = release(list(claimed), attempt.task_id)
-        logger.warning(
-            "chunk %s-%s (task %s) stopped at its soft time limit after %s sent; %s claimed rows queued again",
-            first_id,
-            last_id,
-            attempt.task_id,
-            done.sent,
-            released,
-        )
-        return ChunkResult(done.sent, done.failed, stopped=True)
-    finally:
-        connection.close()
-        done.record_on_the_way_out()
-        _commit_without_waiting_for_the_disk(False)
-    return ChunkResult(done.sent, done.failed)
-
-
-def _commit_without_waiting_for_the_disk(on: bool) -> None:
-    """synchronous_commit off for this chunk's session (PostgreSQL), and back to the server's setting after.
-
-    The chunk commits a record every few emails; waiting for the disk at each
-    tripled a chunk's database time when every email was a commit of its own. A
-    worker that dies after a commit cannot lose it (the server has it); only a
-    database crash within a fraction of a second can, and then those emails are
-    sent again: the risk every email ran before it was recorded as it went.
-    """
-    if not sql.in_one_statement():
-        return
-    try:
-        with transaction.get_connection().cursor() as cursor:
-            cursor.execute("SET synchronous_commit TO OFF" if on else "RESET synchronous_commit")
-    except DatabaseError:
-        if on:
-            raise
-        logger.warning("could not reset synchronous_commit; the connection is discarded after the task")
+    # The records commit without waiting for the disk (core.db): a worker that dies after a
+    # commit cannot lose it, only a crash of PostgreSQL within a fraction of a second can,
+    # and then those emails are sent again: the risk every email runs until it is recorded.
+    with commits_not_waiting_for_disk():
+        try:
+            while True:
+                if (
+                    campaign_id is not None
+                    and not Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).exists()
+                ):
+                    break  # cancelled (its queued rows were cancelled with it) or finished
+                wanted = BULK_BATCH_SIZE
+                if limit is not None:
+                    grant = ratelimit.take("email", wanted, limit, reserve=limit.bulk_reserve)
+                    if not grant.granted:
+                        return ChunkResult(done.sent, done.failed, throttled_for=grant.wait)
+                    wanted = grant.granted
+                batch = _claim_batch(rows, wanted, attempt.task_id)
+                if not batch:
+                    break
+                _send_batch(connection, batch, attempt, done)
+                progress(done.sent, done.failed)
+        except SoftTimeLimitExceeded:
+            done.record()  # first: the rows it records are still claimed, and the claimed ones go back below
+            claimed = rows.filter(lease_owner=attempt.task_id).values_list("pk", flat=True)
+            released = release(list(claimed), attempt.task_id)
+            logger.warning(
+                "chunk %s-%s (task %s) stopped at its soft time limit after %s sent; %s claimed rows queued again",
+                first_id,
+                last_id,
+                attempt.task_id,
+                done.sent,
+                released,
+            )
+            return ChunkResult(done.sent, done.failed, stopped=True)
+        finally:
+            connection.close()
+            done.record_on_the_way_out()
+        return ChunkResult(done.sent, done.failed)
 
 
 def _claim_batch(rows: QuerySet[Notification], size: int, task_id: str) -> list[Notification]:

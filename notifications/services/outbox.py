@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from core import dispatch
 from core.base_task import Attempt
-from core.db import insert_unless_exists
+from core.db import commits_not_waiting_for_disk, insert_unless_exists
 from core.errors import PermanentFailure, Refused, TransientError
 from core.time_limits import SoftTimeLimitExceeded, soft_limit_deferred
 from notifications import mailer, ratelimit
@@ -238,7 +238,12 @@ def _send_notification(notification_id: int, attempt: Attempt) -> Outcome:
         if not grant.granted:
             send_later(notification_id, notification.expires_at, countdown=grant.wait)
             return Outcome.THROTTLED
-    if not claim(Notification.objects.filter(pk=notification_id), task_id):
+    # The claim need not wait for the disk: a claim lost in a crash of PostgreSQL
+    # leaves the row queued, as an expired one leaves it sending, and either is
+    # sent again. What must be durable is the record that it was sent, below.
+    with commits_not_waiting_for_disk():
+        claimed = claim(Notification.objects.filter(pk=notification_id), task_id)
+    if not claimed:
         return Outcome.SKIPPED
     # No re-read after the claim: it changes only status and lease fields, and
     # the message's content (what build_message reads) never changes.

@@ -11,7 +11,7 @@ import logging
 
 from django.db import transaction
 
-from core.db import insert_unless_exists
+from core.db import insert_unless_exists, wait_for_disk_on_commit
 from orders.models import Order, OrderEvent, Payment
 from orders.providers import PermanentProviderError, TransientProviderError, payment_gateway
 from orders.services.lease import StepFailed, advance, renew_lease
@@ -79,6 +79,8 @@ def open_charge(order: Order, task_id: str, key: str) -> Payment:
     """
     payment = Payment(order=order, kind=Payment.Kind.CHARGE, amount=order.total, idempotency_key=key, task_id=task_id)
     with transaction.atomic():
+        # Money: this commit waits for the disk, and with it every checkpoint before it.
+        wait_for_disk_on_commit()
         renew_lease(order, task_id)
         if not insert_unless_exists(payment):
             payment = Payment.objects.get(idempotency_key=key)
@@ -110,10 +112,12 @@ def _record_payment(payment: Payment, status: str, task_id: str, *, error: str =
 def refund(order: Order, charge: Payment, task_id: str, reason: str) -> str:
     """Refund the charge once (intent first, idempotency key); returns the reason, amended if the refund failed."""
     key = f"order:{order.pk}:refund:{order.replays}"
-    refund, _ = Payment.objects.get_or_create(
-        idempotency_key=key,
-        defaults={"order": order, "kind": Payment.Kind.REFUND, "amount": charge.amount, "task_id": task_id},
-    )
+    with transaction.atomic():
+        wait_for_disk_on_commit()  # the refund's intent, as the charge's, is on disk before the gateway is called
+        refund, _ = Payment.objects.get_or_create(
+            idempotency_key=key,
+            defaults={"order": order, "kind": Payment.Kind.REFUND, "amount": charge.amount, "task_id": task_id},
+        )
     if refund.status == Payment.Status.SUCCEEDED:
         return reason
     if refund.status == Payment.Status.FAILED:

@@ -89,9 +89,12 @@ class Shop:
         self.env["DATABASE_URL"] = server.url
         self.db = FAULTS_DB
 
-    def restart_postgres(self, server: PostgresServer) -> None:
-        """Restart the test's own PostgreSQL (ending every session), and drop this test's own connection to it."""
-        server.restart()
+    def restart_postgres(self, server: PostgresServer, mode: str = "fast") -> None:
+        """Restart the test's own PostgreSQL (ending every session), and drop this test's own connection to it.
+
+        "immediate" is a crash: what PostgreSQL had not yet written of its log is lost.
+        """
+        server.restart(mode)
         connections[FAULTS_DB].close()
 
     def orders(self, ids: list[int]) -> list[Order]:

@@ -67,6 +67,37 @@ def test_postgresql_restarted_under_load_on_the_shipped_workers_loses_nothing_an
     assert "Unrecoverable error" not in outputs
 
 
+def test_postgresql_crashed_under_load_takes_back_only_checkpoints_that_are_redone_once(
+    shop: Shop, own_postgres: PostgresServer
+) -> None:
+    """A crash, not a restart: the commits that did not wait for the disk (core.db) since the last one that did are lost.
+
+    Orders in flight then resume from their last commit that waited, with the same
+    idempotency keys: none is charged twice, none loses its stock or its email. The
+    emails are sent after the crash, so that none is in the middle of its SMTP
+    conversation when it happens (one that is may go twice, as with any outbox).
+    """
+    shop.move_to(own_postgres)
+    env = {**shop.env, "PAYMENT_SANDBOX_LATENCY_MS": "20"}
+    with (
+        WebProcess(env) as web,
+        WorkerProcess(env, queues="default") as orders,
+        BeatProcess(env) as beat,
+    ):
+        web.wait_ready()
+        orders.wait_started()
+        customers = Customers(web.base_url, shop.session_key, shop.skus, clients=3, orders_each=12).start()
+        wait_for(lambda: customers.count() >= 12, 60, 0.05, "12 orders placed")
+        shop.restart_postgres(own_postgres, mode="immediate")
+        ids = customers.wait()
+        with WorkerProcess(env, queues="high_priority") as emails:
+            emails.wait_started()
+            wait_until_settled(shop, ids)
+        for process in (orders, beat):
+            assert process.alive(), process.output()[-3000:]
+    assert_each_order_done_once(shop, ids)
+
+
 def test_a_worker_whose_children_die_after_postgresql_restarted_goes_on_processing(
     shop: Shop, own_postgres: PostgresServer
 ) -> None:
