@@ -12,6 +12,12 @@ declares the same topology (Kombu's functions the worker uses) and the task
 queues themselves (as quorum queues, with the arguments the workers declare, so
 that they can be bound). Every declaration is idempotent and durable: the
 topology stays on the broker, and a worker starting later declares the same.
+
+A process declares once, so a broker that lost the topology after that (a node
+reset, a vhost recreated) refuses this process's next countdown with NOT_FOUND.
+dispatch.send then calls declare_again(): that countdown follows the outage
+policy (its sweep sends the work), and the next one declares the topology first.
+Workers need none of this: they declare it again whenever they reconnect.
 """
 
 from __future__ import annotations
@@ -74,3 +80,10 @@ def declare_before_the_first_countdown(exchange: Any = None, **_: Any) -> None:
             logger.warning("could not declare RabbitMQ's delayed delivery before a countdown: %r", exc)
             return
         _declared = True
+
+
+def declare_again() -> None:
+    """Declare the topology again before this process's next countdown: a delayed publish was refused."""
+    global _declared
+    with _lock:
+        _declared = False

@@ -32,6 +32,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import MasterDownError, NoPermissionError
 
 from config import celery_app
+from core import delayed_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ def send(
         if not broker_unavailable(exc):
             raise
         logger.warning("broker unavailable, %s%s not sent; its sweep sends it later: %s", name, list(args), _why(exc))
+        if countdown:
+            delayed_delivery.declare_again()  # the broker may have lost RabbitMQ's delay exchanges
         return False
     return True
 

@@ -122,6 +122,29 @@ def test_a_countdown_the_broker_refuses_is_left_to_the_sweep_like_an_outage(
     assert "NOT_FOUND - no exchange 'celery_delayed_27'" in sent.stderr
 
 
+def test_a_process_whose_broker_lost_the_delay_exchanges_declares_them_again_after_one_refused_countdown(
+    process_env: dict[str, str], vhost: str
+) -> None:
+    # One process: its first countdown declares the topology; then the broker loses the
+    # exchange (as in a node reset), and the process's next countdown is refused.
+    script = "\n".join(
+        [
+            "from config import celery_app",
+            "from core import dispatch",
+            f"print(dispatch.send({SWEEP!r}, countdown=120))",
+            "with celery_app.connection_for_write() as conn:",
+            "    conn.default_channel.exchange_delete('celery_delayed_27')",
+            f"print(dispatch.send({SWEEP!r}, countdown=120))",
+            f"print(dispatch.send({SWEEP!r}, countdown=120))",
+        ]
+    )
+    sent = manage({**process_env, "CELERY_BROKER_URL": vhost}, "shell", "-c", script)
+
+    assert sent.stdout.split()[-3:] == ["True", "False", "True"], sent.stdout + sent.stderr[-3000:]
+    assert "NOT_FOUND - no exchange 'celery_delayed_27'" in sent.stderr  # the refused one, left to its sweep
+    assert waiting(vhost, DELAY_QUEUES) == 2  # the first and the third wait in the delay queues
+
+
 def until_refused(publish: Callable[[], object]) -> Exception:
     """What `publish` raises once RabbitMQ refuses it; a quorum queue notices it is over its limit a moment late."""
     for _ in range(50):
