@@ -56,12 +56,13 @@ BROKER_ERRORS = (*BROKER_REFUSALS, OSError)
 # queues. READONLY: a replica, until a failover ends. MASTERDOWN: a replica cut off
 # from its master. MISCONF: a failed snapshot or AOF write. NOREPLICAS: fewer replicas
 # than min-replicas-to-write. NOPERM: an ACL denies the write (RabbitMQ's ACCESS_REFUSED
-# counts too). Any other reply (WRONGTYPE at a queue's key, a wrong argument) comes from
+# counts too). BUSY: a Lua script has run past busy-reply-threshold, until it ends or
+# is killed. Any other reply (WRONGTYPE at a queue's key, a wrong argument) comes from
 # a bug, and stays one: raised, an error in the log and a 500, never a warning and a
 # 503 that would hide it while every sweep fails the same way.
 REDIS_REFUSALS = (redis.OutOfMemoryError, redis.ReadOnlyError, MasterDownError, NoPermissionError)
 # redis-py has no class for these; in a pipeline it puts "Command # 1 (...) of pipeline caused error: " first.
-REDIS_REFUSAL_CODES = re.compile(r"(?:^|caused error: )(?:MISCONF|NOREPLICAS) ")
+REDIS_REFUSAL_CODES = re.compile(r"(?:^|caused error: )(?:MISCONF|NOREPLICAS|BUSY) ")
 
 
 def broker_refused(exc: BaseException) -> bool:

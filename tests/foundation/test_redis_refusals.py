@@ -9,9 +9,11 @@ raises when it publishes there.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -60,6 +62,30 @@ def denied_by_its_acl(servers: ExitStack) -> str:
     return server.url
 
 
+def running_a_long_script(servers: ExitStack) -> str:
+    server = servers.enter_context(RedisServer(["--busy-reply-threshold", "50"]))
+    client = redis.Redis.from_url(server.url)
+
+    def loop_until_killed() -> None:
+        with contextlib.suppress(redis.ResponseError):  # SCRIPT KILL ends it with an error reply
+            redis.Redis.from_url(server.url).eval("while true do end", 0)
+
+    script = threading.Thread(target=loop_until_killed)
+    script.start()
+    servers.callback(script.join, 10)
+    servers.callback(client.script_kill)
+    wait_for(lambda: busy(client), 10, 0.05, "Redis to answer BUSY")
+    return server.url
+
+
+def busy(client: redis.Redis) -> bool:
+    try:
+        client.ping()
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY ")
+    return False
+
+
 def with_a_queue_key_of_the_wrong_type(servers: ExitStack) -> str:
     server = servers.enter_context(RedisServer())
     redis.Redis.from_url(server.url).set("default", "a string where Kombu keeps the queue's list")
@@ -78,6 +104,7 @@ REFUSALS = {
     "NOREPLICAS": without_its_replicas,
     "MISCONF": failing_to_save,
     "NOPERM": denied_by_its_acl,
+    "BUSY": running_a_long_script,
 }
 
 
