@@ -310,8 +310,8 @@ def start_rabbitmq() -> tuple[str, dict]:
     return f"amqp://guest:guest@127.0.0.1:{port}//", record
 
 
-def up(rabbitmq: bool = False) -> None:
-    started: list[dict] = []
+def _find_or_start(started: list[dict], rabbitmq: bool) -> tuple[str, str, str]:
+    """The servers' URLs: the ones that answer, or throwaway servers started here and appended to `started`."""
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     if not database_url.startswith(("postgres://", "postgresql://")):
         sys.exit(f"services: the tests need PostgreSQL, but DATABASE_URL is {database_url.split(':', 1)[0]}://...")
@@ -350,6 +350,16 @@ def up(rabbitmq: bool = False) -> None:
         else:
             rabbitmq_url, record = start_rabbitmq()
             started.append(record)
+    return database_url, broker_url, rabbitmq_url
+
+
+def up(rabbitmq: bool = False) -> None:
+    started: list[dict] = []
+    try:
+        database_url, broker_url, rabbitmq_url = _find_or_start(started, rabbitmq)
+    except BaseException:  # a check failed (sys.exit) or a server would not start: stop what this run started
+        stop(started)
+        raise
 
     # A file of this run's own: parallel runs (bin/test twice, bin/test beside bin/bench) each stop only theirs.
     # Written even when empty, so that a down never reads a record named by an outer run's environment.
@@ -380,7 +390,14 @@ def started_servers() -> list[dict]:
 
 def down() -> None:
     """Stop the throwaway servers of this run (TEST_SERVICES_STATE), and no other run's."""
-    for record in started_servers():
+    stop(started_servers())
+    state = run_state()
+    if state is not None:
+        state.unlink()
+
+
+def stop(records: list[dict]) -> None:
+    for record in records:
         if record["kind"] == "postgres":
             remove_postgres(record)
         elif record["kind"] == "redis":
@@ -391,9 +408,6 @@ def down() -> None:
             stop_rabbitmq(record)
             shutil.rmtree(record["root"], ignore_errors=True)
         log(f"stopped the throwaway {record['kind']}")
-    state = run_state()
-    if state is not None:
-        state.unlink()
 
 
 if __name__ == "__main__":

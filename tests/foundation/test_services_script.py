@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -21,7 +22,7 @@ spec = importlib.util.spec_from_file_location("services", "bin/services.py")
 services = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(services)
 services.DEFAULT_BROKER_URL = sys.argv[1]
-services.up()
+services.up(rabbitmq=sys.argv[2:] == ["--rabbitmq"])
 """
 
 
@@ -89,3 +90,23 @@ def test_two_runs_each_stop_their_own_throwaway_servers_and_only_those(runs: lis
     # Each run's record was a file of its own, and its down removed it.
     states = [run["TEST_SERVICES_STATE"] for run in runs]
     assert len(set(states)) == 2 and not any(os.path.exists(state) for state in states), states
+
+
+def test_an_up_that_fails_part_way_stops_the_servers_it_had_started() -> None:
+    # A throwaway Redis starts, then the RabbitMQ named by TEST_RABBITMQ_URL does not answer: up exits.
+    env = {name: value for name, value in os.environ.items() if name != "CELERY_BROKER_URL"}
+    env["TEST_RABBITMQ_URL"] = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    result = subprocess.run(
+        [sys.executable, "-c", UP_WITHOUT_A_LOCAL_REDIS, f"redis://127.0.0.1:{free_port()}/15", "--rabbitmq"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0 and "no RabbitMQ answers there" in result.stderr, result.stderr
+    [port] = re.findall(r"started a throwaway Redis on port (\d+)", result.stderr)
+    wait_for(lambda: not answers(f"redis://127.0.0.1:{port}/15"), 10, 0.05, "the throwaway Redis to stop")
+    assert "stopped the throwaway redis" in result.stderr
+    assert result.stdout == ""  # no export lines: bin/test stops there
