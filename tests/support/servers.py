@@ -84,7 +84,11 @@ class RedisServer:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a server whose last snapshot fails refuses to exit
+                self.process.kill()
+                self.process.wait(timeout=10)
 
     def fill(self) -> None:
         """Write ballast until this Redis, started with FULL_AT_4MB, refuses writes (OOM) from then on."""
