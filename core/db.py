@@ -77,9 +77,9 @@ def commits_not_waiting_for_disk() -> Iterator[None]:
     if connection.vendor != "postgresql":
         yield
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SET synchronous_commit TO off")
     try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO off")
         yield
     finally:
         _reset_synchronous_commit()
@@ -91,8 +91,12 @@ def _reset_synchronous_commit() -> None:
     try:
         with connection.cursor() as cursor:
             cursor.execute("RESET synchronous_commit")
-    except DatabaseError:
-        connection.close()  # the next use opens a new session, with the server's setting
+    except BaseException as exc:
+        # A lost connection, or a soft time limit landing in the RESET: the session
+        # goes, so the next use opens a new one with the server's setting.
+        connection.close()
+        if not isinstance(exc, DatabaseError):
+            raise
 
 
 def wait_for_disk_on_commit() -> None:

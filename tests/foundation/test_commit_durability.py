@@ -13,6 +13,7 @@ from django.db import OperationalError, connection, connections, transaction
 
 from core.base_task import Attempt
 from core.db import commits_not_waiting_for_disk, wait_for_disk_on_commit
+from core.time_limits import SoftTimeLimitExceeded
 from notifications.models import Notification
 from notifications.services import outbox
 from orders.services import pipeline
@@ -63,6 +64,21 @@ def test_a_session_that_died_inside_is_closed_so_the_next_query_has_the_servers_
         with pytest.raises(OperationalError):
             setting()
     assert setting() == "on"  # a new session: the old one could not be reset, so it was closed
+
+
+def test_a_time_limit_that_lands_in_the_reset_still_leaves_no_session_behind_that_does_not_wait() -> None:
+    def time_limit_at_reset(execute, sql, params, many, context):
+        if sql.startswith("RESET"):
+            raise SoftTimeLimitExceeded()  # as the signal would, in the middle of the statement
+        return execute(sql, params, many, context)
+
+    with (
+        pytest.raises(SoftTimeLimitExceeded),
+        connection.execute_wrapper(time_limit_at_reset),
+        commits_not_waiting_for_disk(),
+    ):
+        assert setting() == "off"
+    assert setting() == "on"  # the session that could not be reset was closed
 
 
 @contextmanager
