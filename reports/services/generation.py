@@ -148,7 +148,12 @@ def send_slices(report_id: int, parts: list[ReportSlice], *, chord: bool) -> str
     if chord:
         group_id = dispatch.send_chord(signatures, finish_signature(report_id), about=about)
         sent = group_id is not None
-        Report.objects.filter(pk=report_id).update(chord_id=group_id or "")
+        # A cancel reads chord_id, under the report's row lock, to call the chord off. One
+        # that came after the send but before this save found none; this UPDATE waits for
+        # its lock and then matches nothing, and the chord is called off here instead.
+        kept = Report.objects.filter(pk=report_id, status=Status.RUNNING).update(chord_id=group_id or "")
+        if sent and not kept:
+            dispatch.forget_chord(group_id)
     else:
         sent = dispatch.send_group(signatures, about=about)
     if not sent:

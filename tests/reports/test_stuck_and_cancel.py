@@ -12,6 +12,7 @@ from django.contrib.messages import get_messages
 from django.core.files.storage import default_storage
 from django.test import Client
 from django.utils import timezone
+from django_celery_results.models import ChordCounter
 
 from core.errors import Refused
 from ops import runs
@@ -172,6 +173,27 @@ def test_cancelling_a_running_report_stops_its_slices_and_drops_its_files(
     assert finishing.finish(done.pk, task_id="finish") == "skipped"
     with pytest.raises(Refused, match="only a pending or running report can be cancelled"):
         cancelling.cancel_report(done.pk)
+
+
+def test_a_cancel_that_lands_while_the_chord_is_being_sent_calls_the_chord_off_too(broker, monkeypatch) -> None:
+    report = stuck_pending_report()
+    parts = generation.start_generation(report.pk, task_id="gen")
+    sent: list[str] = []
+
+    def send_then_cancel(*args, **kwargs) -> str | None:
+        group_id = send_chord(*args, **kwargs)
+        sent.append(group_id)
+        cancelling.cancel_report(report.pk)  # staff cancel it before its chord id is saved
+        return group_id
+
+    send_chord = generation.dispatch.send_chord
+    monkeypatch.setattr(generation.dispatch, "send_chord", send_then_cancel)
+    generation.send_slices(report.pk, parts, chord=True)
+
+    [group_id] = sent
+    assert Report.objects.get(pk=report.pk).status == "cancelled"
+    # Its counter is gone: the revoked slices can neither count down nor end it in a ChordError.
+    assert not ChordCounter.objects.filter(group_id=group_id).exists()
 
 
 def test_the_json_api_cancels_a_report_or_says_why_not(broker) -> None:
