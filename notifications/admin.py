@@ -159,7 +159,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 campaigns.resume_campaign(campaign.pk, actor_id=request.user.pk)
                 self.message_user(request, f"Campaign “{campaign}” is being sent again.", messages.SUCCESS)
             else:
-                campaigns.cancel_campaign(campaign.pk)
+                campaigns.cancel_campaign(campaign.pk, actor_id=request.user.pk)
                 self.message_user(request, f"Campaign “{campaign}” is cancelled.", messages.SUCCESS)
         except campaigns.CampaignError as exc:
             self.message_user(request, str(exc), messages.ERROR)
@@ -202,7 +202,7 @@ class CampaignAdmin(admin.ModelAdmin):
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
         for campaign in queryset:
             try:
-                campaigns.cancel_campaign(campaign.pk)
+                campaigns.cancel_campaign(campaign.pk, actor_id=request.user.pk)
                 self.message_user(request, f"“{campaign}” is cancelled.", messages.SUCCESS)
             except campaigns.CampaignError as exc:
                 self.message_user(request, f"“{campaign}”: {exc}", messages.ERROR)

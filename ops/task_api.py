@@ -6,8 +6,9 @@ and the object it works on. DELETE /api/tasks/<id>/ revokes a task that has not
 started, so no worker runs it (workers keep revoked ids in their state file,
 CELERY_WORKER_STATE_DB, across restarts), and asks a running one to stop where
 its domain allows: a task that declares `cancel_with` names the domain service
-that stops its work (an order is cancelled while its charge has not started, a
-campaign is cancelled); other running tasks run to their end.
+that stops its work, called with the subject's id and the staff member's id
+(`actor_id`): an order is cancelled while its charge has not started, a
+campaign is cancelled; other running tasks run to their end.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def stop(task_id: str, *, user: Any) -> Stop:
         celery_app.control.revoke(task_id)
         outcome = "revoked: no worker will start it"
         if state in RUNNING_STATES:
-            outcome = _stop_running(task_id)
+            outcome = _stop_running(task_id, user)
     except Refused as exc:
         _audit(task_id, TaskApiCall.Action.STOP, user, f"refused ({state}): {exc}")
         raise
@@ -116,7 +117,7 @@ def stop(task_id: str, *, user: Any) -> Stop:
     return Stop(state, outcome)
 
 
-def _stop_running(task_id: str) -> str:
+def _stop_running(task_id: str, user: Any) -> str:
     known = _known(task_id)
     # Imports the tasks modules first: a web process that never sent a report task has not registered them yet.
     task = catalog.registered(known.name or "")
@@ -124,7 +125,7 @@ def _stop_running(task_id: str) -> str:
     subject_id = catalog.subject_id(task, known.args, known.kwargs)
     if not service or subject_id is None:
         return "revoked, but it is running and cannot be stopped mid-way: it runs to its end"
-    import_string(service)(subject_id)
+    import_string(service)(subject_id, actor_id=getattr(user, "pk", None))  # who cancelled, on the row as in the admin
     return f"running: asked {service} to stop its work on {task.subject[0]} {subject_id}"
 
 

@@ -291,7 +291,7 @@ def resume_campaign(campaign_id: int, *, actor_id: int | None = None) -> Campaig
     return campaign
 
 
-def cancel_campaign(campaign_id: int) -> Campaign:
+def cancel_campaign(campaign_id: int, *, actor_id: int | None = None) -> Campaign:
     """Stop a campaign: its queued rows are cancelled at once; rows being sent right now finish and are counted.
 
     A failed campaign can be cancelled too, to say it will not be resumed.
@@ -306,7 +306,7 @@ def cancel_campaign(campaign_id: int) -> Campaign:
         campaign.status = Campaign.Status.CANCELLED
         campaign.finished_at = timezone.now()
         campaign.save(update_fields=["status", "finished_at"])
-    logger.info("campaign %s cancelled", campaign_id)
+    logger.info("campaign %s cancelled by user %s", campaign_id, actor_id)
     return campaign
 
 

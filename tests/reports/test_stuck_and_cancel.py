@@ -266,4 +266,4 @@ def test_the_staff_task_api_stops_a_running_slice_by_cancelling_its_report(admin
 
     assert "reports.services.cancelling.cancel_report" in stopped.outcome
     report.refresh_from_db()
-    assert (report.status, report.cancelled_by) == ("cancelled", None)
+    assert (report.status, report.cancelled_by) == ("cancelled", admin_user)
