@@ -1,5 +1,8 @@
 """PostgreSQL restarted under running workers: every worker process, the main one included, comes back to work.
 
+And PostgreSQL crashed (pg_ctl stop -m immediate), which loses the commits that did
+not wait for the disk: the orders resume from their last durable checkpoint.
+
 The orders and email workers ship on the threads pool: the first test runs them
 as shipped. Killing pool children is a prefork fault (reports and campaigns run
 on prefork), so the two tests after it keep prefork workers; on threads, its
