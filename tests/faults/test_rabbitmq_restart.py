@@ -91,7 +91,11 @@ def test_rabbitmq_stopped_under_load_and_started_again_keeps_every_queued_order_
                 )
             )
             about = [line for line in worker.output().splitlines() if "send_notification" in line or "rror" in line]
-            raise AssertionError(f"unsent: {unsent}\nworker lines: {about[-60:]}") from None
+            # And the worker's last lines: a task that never ended (a publish waiting for a
+            # confirm that never came, say) shows as "received" with no "succeeded" after it.
+            raise AssertionError(
+                f"unsent: {unsent}\nworker lines: {about[-60:]}\nlast lines:\n{worker.output()[-5000:]}"
+            ) from None
         if refused():
             with celery_app.connection_for_write(server.url) as connection:
                 celery_app.send_task("notifications.tasks.requeue_stale_notifications", connection=connection)
