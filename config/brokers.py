@@ -34,17 +34,22 @@ def broker_url(url: str) -> str:
 
 
 def broker_transport(url: str) -> str | None:
-    """The Kombu transport class for a Redis URL: the project's, which shares one Redis client per channel.
+    """The Kombu transport class for the URL: the project's for Redis and RabbitMQ, Kombu's for the file broker.
 
-    Under Sentinel (sentinel:// URLs list the sentinels, separated by ";", and the
-    sentinels name the master) the same transport's Sentinel variant (ops/broker.py).
-    None for the others: Kombu picks its own by the URL's scheme (py-amqp for amqp://
-    and amqps://, the file transport for filesystem://).
+    Redis: one shared Redis client per channel (ops/broker.py); under Sentinel
+    (sentinel:// URLs list the sentinels, separated by ";", and the sentinels name
+    the master) the same transport's Sentinel variant. RabbitMQ: py-amqp with a
+    bound on the wait for a publisher confirm (ops/broker_amqp.py). None for
+    filesystem://: Kombu picks its own by the scheme.
     """
     if url.startswith("sentinel://"):
         return "ops.broker:SentinelTransport"
     if url.startswith(("redis://", "rediss://")):
         return "ops.broker:Transport"
+    if url.startswith("amqps://"):
+        return "ops.broker_amqp:SSLTransport"
+    if url.startswith("amqp://"):
+        return "ops.broker_amqp:Transport"
     return None
 
 
@@ -68,8 +73,12 @@ def transport_options(url: str, broker_dir: Path, sentinel_master: str) -> dict[
     if url.startswith(("amqp://", "amqps://")):
         # Publisher confirms: a publish returns only once RabbitMQ has the message
         # (replicated, for a quorum queue), so an enqueue that "succeeded" survives a
-        # broker crash.
-        return {"confirm_publish": True}
+        # broker crash. Each waits at most 5 s for its confirm (ops/broker_amqp.py):
+        # RabbitMQ answers in milliseconds, or not at all while it refuses to take
+        # messages (a memory or disk alarm, a quorum queue without its majority). With
+        # Celery's three publish retries a send then gives up after about 20 s, within
+        # gunicorn's 30 s for a request.
+        return {"confirm_publish": True, "confirm_timeout": 5}
     options: dict[str, Any] = {
         # Redis redelivers an unacknowledged message after this long. It must be
         # longer than any countdown/ETA and any task's run time, or a task that is

@@ -39,7 +39,7 @@ from tests.support.broker import (
     web_sessions,
 )
 from tests.support.processes import PROJECT_ROOT, WorkerProcess, wait_for
-from tests.support.servers import WebProcess
+from tests.support.servers import RabbitMQServer, WebProcess
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -143,6 +143,28 @@ def test_a_process_whose_broker_lost_the_delay_exchanges_declares_them_again_aft
     assert sent.stdout.split()[-3:] == ["True", "False", "True"], sent.stdout + sent.stderr[-3000:]
     assert "NOT_FOUND - no exchange 'celery_delayed_27'" in sent.stderr  # the refused one, left to its sweep
     assert waiting(vhost, DELAY_QUEUES) == 2  # the first and the third wait in the delay queues
+
+
+def test_while_rabbitmq_takes_no_messages_a_send_gives_up_and_leaves_the_work_to_its_sweep(
+    process_env: dict[str, str],
+) -> None:
+    # A memory alarm on a node of the test's own: RabbitMQ stops reading from every
+    # connection that publishes, and confirms nothing, until the alarm clears (a disk
+    # alarm does the same). Without a bound, the send below waited for ever.
+    with RabbitMQServer() as node:
+        rabbitmqctl(node.url, "set_vm_memory_high_watermark", "0.0000001", node=node.record)
+
+        sent = manage(
+            {**process_env, "CELERY_BROKER_URL": node.url},
+            "shell",
+            "-c",
+            f"from core import dispatch; print(dispatch.send({SWEEP!r}))",
+        )
+
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    assert sent.stdout.split()[-1:] == ["False"], sent.stdout + sent.stderr[-3000:]
+    assert f"broker unavailable, {SWEEP}[] not sent" in sent.stderr
+    assert "TimeoutError" in sent.stderr or "timed out" in sent.stderr  # the confirm that never came
 
 
 def until_refused(publish: Callable[[], object]) -> Exception:

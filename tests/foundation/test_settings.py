@@ -155,7 +155,8 @@ def test_it_accepts_a_rabbitmq_url_and_declares_quorum_queues_with_publisher_con
         assert exchange_type == "topic"
         assert arguments["x-queue-type"] == "quorum"
         assert arguments["x-delivery-limit"] > 1
-    assert conf["options"] == {"confirm_publish": True}
+    assert conf["options"] == {"confirm_publish": True, "confirm_timeout": 5}
     assert conf["detect"] is True
     assert conf["delayed"] == "quorum"
-    assert conf["transport"] == scheme
+    # py-amqp with a bound on the wait for a confirm (ops/broker_amqp.py); TLS for amqps.
+    assert conf["transport"] == {"amqp": "ops.broker_amqp:Transport", "amqps": "ops.broker_amqp:SSLTransport"}[scheme]

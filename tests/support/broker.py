@@ -247,13 +247,16 @@ def assert_run_now_answers_503(admin: Any, schedule: Model, web_output: Callable
     assert "Internal Server Error" not in web_output()
 
 
-def rabbitmqctl(url: str, *args: str) -> None:
-    """Run rabbitmqctl against the RabbitMQ node serving `url`: this machine's, or the throwaway node bin/test started."""
+def rabbitmqctl(url: str, *args: str, node: dict | None = None) -> None:
+    """Run rabbitmqctl against the RabbitMQ node serving `url`: this machine's, or the throwaway node bin/test started.
+
+    `node`: the record of a node the test started itself (RabbitMQServer.record).
+    """
     from tests.support.servers import services
 
     port = urlsplit(url).port or 5672
     command, env = ["rabbitmqctl"], dict(os.environ)
-    for record in services.started_servers():
+    for record in [node] if node else services.started_servers():
         if record.get("kind") == "rabbitmq" and record.get("port") == port:
             # Its node name and Erlang cookie, as bin/services.py start_rabbitmq_node gives them.
             ctl = Path(services.rabbitmq_server()).with_name("rabbitmqctl")
