@@ -84,6 +84,12 @@ def transport_options(url: str, broker_dir: Path, sentinel_master: str) -> dict[
         # longer than any countdown/ETA and any task's run time, or a task that is
         # merely waiting or still running gets delivered a second time.
         "visibility_timeout": 2 * 60 * 60,
+        # A Redis that holds the connection open but answers nothing (a stopped process,
+        # a machine gone without closing the socket, a failover that leaves the old
+        # master unreachable) made every publish wait for ever: redis-py's default.
+        # Kombu recommends this bound; it is well above the 1 s a consumer's BRPOP
+        # waits, and a send that times out is an outage to the senders (core/dispatch.py).
+        "socket_timeout": 5,
     }
     if url.startswith("sentinel://"):
         if not sentinel_master:

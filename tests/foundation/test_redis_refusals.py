@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -165,3 +166,21 @@ def test_any_other_redis_error_reply_is_a_bug_raised_as_one_and_a_500(process_en
     assert sent.returncode != 0, sent.stdout
     assert "WRONGTYPE Operation against a key holding the wrong kind of value" in sent.stderr
     assert "broker unavailable" not in sent.stderr
+
+
+def test_a_redis_that_answers_nothing_is_an_outage_not_a_hang(process_env: dict[str, str]) -> None:
+    # Stopped, it keeps its port: connections open and commands go out, and no reply
+    # ever comes (as from a machine gone without closing its sockets). Without a
+    # socket timeout, the send below waited for ever.
+    with RedisServer() as server:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            sent = sent_by_dispatch(process_env, server.url)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    assert sent.stdout.split()[-1:] == ["False"], sent.stdout + sent.stderr[-3000:]
+    assert f"broker unavailable, {SWEEP}[] not sent" in sent.stderr
+    assert "Timeout reading from socket" in sent.stderr
