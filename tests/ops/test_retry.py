@@ -68,7 +68,10 @@ def test_retrying_an_orders_result_replays_the_order_through_its_service(
     assert order.status == "failed"
     assert json.loads(first.result)["exc_type"] == "OrderFailed"
     assert json.loads(first.result)["exc_message"] == [order.failure_reason]
-    failure = Failure.objects.get(task_id=first.task_id)
+    # The worker records the failure after it stores the result: wait for what is asserted.
+    failure = wait_for(
+        lambda: Failure.objects.filter(task_id=first.task_id).first(), 30, message="the failure's record"
+    )
     assert (failure.error_type, failure.subject_id, failure.error) == (
         "OrderFailed",
         str(order.pk),
