@@ -19,7 +19,7 @@ from django.utils import timezone
 from core import dispatch
 from core.base_task import Attempt
 from core.db import commits_not_waiting_for_disk
-from core.time_limits import SoftTimeLimitExceeded, soft_limit_deferred
+from core.interruptions import SoftTimeLimitExceeded, uninterrupted
 from notifications import ratelimit, sql
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
@@ -92,8 +92,10 @@ def deliver_range(
     campaign was cancelled. Raises TransientSendError when the server is unreachable.
 
     Sent emails are recorded a few at a time (RECORD_EVERY, RECORD_WITHIN), and
-    always before this returns or raises: a soft time limit waits for the email in
-    flight (core.time_limits), then what went out is recorded and the rest given back.
+    always before this returns or raises: a soft time limit, or a termination (Celery's,
+    when the broker connection drops), waits for the email in flight
+    (core.interruptions), then what went out is recorded and the rest given back; after
+    a termination the process leaves (SystemExit) and the chunk's message is delivered again.
     """
     rows = Notification.objects.filter(pk__gte=first_id, pk__lte=last_id, kind=kind)
     if campaign_id is not None:
@@ -123,18 +125,21 @@ def deliver_range(
                     break
                 _send_batch(connection, batch, attempt, done)
                 progress(done.sent, done.failed)
-        except SoftTimeLimitExceeded:
+        except (SoftTimeLimitExceeded, SystemExit) as stop:
             done.record()  # first: the rows it records are still claimed, and the claimed ones go back below
             claimed = rows.filter(lease_owner=attempt.task_id).values_list("pk", flat=True)
             released = release(list(claimed), attempt.task_id)
             logger.warning(
-                "chunk %s-%s (task %s) stopped at its soft time limit after %s sent; %s claimed rows queued again",
+                "chunk %s-%s (task %s) stopped %s after %s sent; %s claimed rows queued again",
                 first_id,
                 last_id,
                 attempt.task_id,
+                "at its soft time limit" if isinstance(stop, SoftTimeLimitExceeded) else "by a termination",
                 done.sent,
                 released,
             )
+            if isinstance(stop, SystemExit):
+                raise  # the process is leaving; the redelivered message takes the released rows
             return ChunkResult(done.sent, done.failed, stopped=True)
         finally:
             connection.close()
@@ -184,7 +189,7 @@ class _Recorder:
         if not self.waiting:
             return
         try:
-            with soft_limit_deferred():
+            with uninterrupted():
                 self.record()
         except DatabaseError:
             logger.exception(
@@ -200,9 +205,10 @@ def _send_batch(connection: BaseEmailBackend, batch: list[Notification], attempt
         if notification.expires_at and notification.expires_at <= now:
             expire_if_late(notification)
             continue
-        # The send and its note are one step for the soft time limit: it lands
-        # after the note, never between (and never in the SMTP error handling).
-        with soft_limit_deferred():
+        # The send and its note are one step for the soft time limit and for a
+        # termination: either lands after the note, never between (and never in
+        # the SMTP error handling).
+        with uninterrupted():
             try:
                 # Open once and keep it open: a backend that is not open yet opens
                 # and closes a connection inside every send_messages() call.

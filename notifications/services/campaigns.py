@@ -20,7 +20,7 @@ from core import dispatch
 from core.base_task import Attempt
 from core.dates import start_of_day
 from core.errors import Refused
-from core.time_limits import SoftTimeLimitExceeded
+from core.interruptions import SoftTimeLimitExceeded
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services.bulk import CHUNK_SIZE, ChunkResult, batched, deliver_range, id_ranges
 from notifications.services.preferences import marketing_headers, unsubscribe_url

@@ -19,7 +19,7 @@ from core import dispatch
 from core.base_task import Attempt
 from core.db import commits_not_waiting_for_disk, insert_unless_exists
 from core.errors import PermanentFailure, Refused, TransientError
-from core.time_limits import SoftTimeLimitExceeded, soft_limit_deferred
+from core.interruptions import SoftTimeLimitExceeded, uninterrupted
 from notifications import mailer, ratelimit
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
@@ -196,8 +196,11 @@ def send_notification(notification_id: int, *, attempt: Attempt) -> Outcome:
     """Send one queued email, once. Raises TransientSendError when the caller should retry.
 
     At the soft time limit it stops cleanly: an email that went out is recorded
-    as sent (core.time_limits holds the limit off through the send and its
-    record), and one that did not is put back and sent again by a new task.
+    as sent (core.interruptions holds the limit off through the send and its
+    record), and one that did not is put back and sent again by a new task. A
+    termination (Celery's, when the broker connection drops) is held off the same
+    way, from the claim to the record: the redelivered message then finds the
+    row either still queued and sends it, or sent and skips it.
     """
     try:
         return _send_notification(notification_id, attempt)
@@ -238,18 +241,22 @@ def _send_notification(notification_id: int, attempt: Attempt) -> Outcome:
         if not grant.granted:
             send_later(notification_id, notification.expires_at, countdown=grant.wait)
             return Outcome.THROTTLED
-    # The claim need not wait for the disk: a claim lost in a crash of PostgreSQL
-    # leaves the row queued, as an expired one leaves it sending, and either is
-    # sent again. What must be durable is the record that it was sent, below.
-    with commits_not_waiting_for_disk():
-        claimed = claim(Notification.objects.filter(pk=notification_id), task_id)
-    if not claimed:
-        return Outcome.SKIPPED
-    # No re-read after the claim: it changes only status and lease fields, and
-    # the message's content (what build_message reads) never changes.
-    # The send and its record are one step for the soft time limit: no
-    # SoftTimeLimitExceeded can land in between (or be taken for an SMTP error below).
-    with soft_limit_deferred():
+    # The claim, the send and its record are one step for the soft time limit and
+    # for a termination (core.interruptions): no SoftTimeLimitExceeded lands in
+    # between (or is taken for an SMTP error below), and a task terminated when its
+    # broker connection drops stops before the claim or after the record, so the
+    # redelivered message finds the row queued or sent, never sending under a
+    # dead lease.
+    with uninterrupted():
+        # The claim need not wait for the disk: a claim lost in a crash of PostgreSQL
+        # leaves the row queued, as an expired one leaves it sending, and either is
+        # sent again. What must be durable is the record that it was sent, below.
+        with commits_not_waiting_for_disk():
+            claimed = claim(Notification.objects.filter(pk=notification_id), task_id)
+        if not claimed:
+            return Outcome.SKIPPED
+        # No re-read after the claim: it changes only status and lease fields, and
+        # the message's content (what build_message reads) never changes.
         try:
             mailer.send(build_message(notification))
         except Exception as exc:  # classified just below; anything unknown is a permanent failure

@@ -14,7 +14,8 @@ once, and emailed once as seen by a real SMTP server (helpers.assert_each_order_
 | 6 | two beats | tests/ops/test_beat.py (`test_two_beats_...`) |
 | 7 | beat killed and started again | test_beat_restart.py |
 | 8 | a worker killed mid-slice of a report, and mid-chunk of a campaign | campaign: test_campaign_worker_killed.py; report: test_report_faults.py (a child, a whole worker, a part completing twice) |
-| 9 | a soft time limit hit by an email send, a campaign chunk and a report slice | email and campaign chunk: test_time_limits.py; report slice: test_report_faults.py (soft and hard limits) |
+| 9 | a soft time limit hit by an email send, a campaign chunk and a report slice | email and campaign chunk: test_interruptions.py; report slice: test_report_faults.py (soft and hard limits) |
+| 10 | a task terminated mid-send (revoke --terminate, a lost broker connection): an email, a campaign chunk | test_interruptions.py |
 
 The web's answers during outages (503, never 500) are in test_web_outages.py.
 Servers: `own_redis` and `own_postgres` (conftest.py) are started for each test

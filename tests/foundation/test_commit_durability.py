@@ -13,7 +13,7 @@ from django.db import OperationalError, connection, connections, transaction
 
 from core.base_task import Attempt
 from core.db import commits_not_waiting_for_disk, wait_for_disk_on_commit
-from core.time_limits import SoftTimeLimitExceeded
+from core.interruptions import SoftTimeLimitExceeded
 from notifications.models import Notification
 from notifications.services import outbox
 from orders.services import pipeline

@@ -10,7 +10,7 @@ from django.core import mail
 from django.core.mail import EmailMessage
 from django.core.mail.backends.locmem import EmailBackend
 
-from core.time_limits import SOFT_LIMIT_SIGNAL
+from core.interruptions import SOFT_LIMIT_SIGNAL
 
 
 class SoftLimitDuringThirdEmail(EmailBackend):
