@@ -1,4 +1,4 @@
-"""The two statements of the order path that the ORM cannot say as one, kept because a benchmark showed they pay.
+"""The statements of the order path that the ORM cannot say as one, kept because a measurement showed they pay.
 
 Each is literal SQL with the real table and column names: read it, or paste it
 into psql with the parameters filled in. tests/orders/test_sql.py runs EXPLAIN
@@ -6,7 +6,7 @@ on each, checks that the columns it writes are exactly the model's, and checks
 that it leaves the same rows as the ORM path beside it.
 
 They are PostgreSQL's: a data-modifying CTE is one atomic statement, so it needs
-no BEGIN or COMMIT, and it is one round trip where the ORM takes four. On SQLite,
+no BEGIN or COMMIT, and it is one round trip where the ORM takes four or more. On SQLite,
 the embedded default for trying the project out, the callers take their ORM path
 instead (`in_one_statement()`); the pipeline's service tests run on both.
 """
@@ -81,4 +81,61 @@ SELECT
     customer.email AS customer__email
 FROM claimed
 JOIN auth_user AS customer ON customer.id = claimed.customer_id
+"""
+
+# The pipeline's first step (orders.services.pipeline.reserve_stock): while the
+# order is ours and not yet reserved, take every line's quantity from its
+# product's stock and record the checkpoint, all or nothing: one round trip
+# instead of BEGIN, the checkpoint's UPDATE, one UPDATE per product and COMMIT.
+# Locks are taken as the ORM path takes them, the order row first (as a cancel
+# does), then the products in id order, so it cannot deadlock with either. When
+# a product has too little, nothing is written and the first such product is
+# returned; when the order is not ours at that step, nothing is written either
+# (`reserved` is false and the caller reads the order to find out why).
+# Measured (README "Performance"): 4-6% less CPU per order and its email in a
+# solo worker; the quick bench's efficiency cannot tell that from its noise.
+RESERVE_STOCK = """
+WITH mine AS MATERIALIZED (
+    SELECT id
+    FROM orders_order
+    WHERE id = %(order_id)s AND status = 'processing' AND lease_owner = %(task_id)s AND step = %(previous)s
+    FOR UPDATE
+),
+wanted AS (
+    SELECT line.product_id, sum(line.quantity) AS quantity
+    FROM unnest(%(product_ids)s::bigint[], %(quantities)s::integer[]) AS line (product_id, quantity)
+    GROUP BY line.product_id
+),
+locked AS MATERIALIZED (
+    SELECT product.id, product.sku, product.stock
+    FROM orders_product AS product
+    WHERE product.id IN (SELECT product_id FROM wanted) AND EXISTS (SELECT FROM mine)
+    ORDER BY product.id
+    FOR UPDATE
+),
+short AS (
+    SELECT locked.sku, wanted.quantity
+    FROM locked
+    JOIN wanted ON wanted.product_id = locked.id
+    WHERE locked.stock < wanted.quantity
+    ORDER BY locked.id
+    LIMIT 1
+),
+reserved AS (
+    UPDATE orders_order
+    SET step = %(step)s, updated_at = %(now)s,
+        lease_expires_at = COALESCE(%(lease_expires_at)s::timestamptz, lease_expires_at)
+    WHERE id IN (SELECT id FROM mine) AND NOT EXISTS (SELECT FROM short)
+    RETURNING id
+),
+taken AS (
+    UPDATE orders_product AS product
+    SET stock = product.stock - wanted.quantity
+    FROM wanted
+    WHERE product.id = wanted.product_id AND EXISTS (SELECT FROM reserved)
+)
+SELECT
+    EXISTS (SELECT FROM reserved) AS reserved,
+    (SELECT sku FROM short) AS short_sku,
+    (SELECT quantity FROM short) AS short_quantity
 """

@@ -135,12 +135,17 @@ def advance(order: Order, task_id: str, step: Step, *, after: Step | None = None
     another task.
     """
     now = timezone.now()
-    changes = {"step": step, "updated_at": now, **_lease_renewal(order, now), **fields}
-    previous = _STEPS[_STEPS.index(step) - 1] if after is None else after
+    changes = {"step": step, "updated_at": now, **lease_renewal(order, now), **fields}
+    previous = step_before(step) if after is None else after
     if _leased(order, task_id).filter(step=previous).update(**changes):
         for name, value in changes.items():
             setattr(order, name, value)
         return True
+    return not_advanced(order, task_id, step, previous)
+
+
+def not_advanced(order: Order, task_id: str, step: Step, previous: Step) -> bool:
+    """Why a checkpoint from `previous` to `step` matched nothing: False when a duplicate did it, else raises Stopped."""
     current = Order.objects.get(pk=order.pk)
     _stop_unless_leased(current, task_id)
     if not current.step_done(step):
@@ -152,7 +157,11 @@ def advance(order: Order, task_id: str, step: Step, *, after: Step | None = None
 _STEPS = list(Step)
 
 
-def _lease_renewal(order: Order, now: datetime) -> dict[str, object]:
+def step_before(step: Step) -> Step:
+    return _STEPS[_STEPS.index(step) - 1]
+
+
+def lease_renewal(order: Order, now: datetime) -> dict[str, object]:
     """The new lease expiry, once less than half of the lease is left; nothing before that.
 
     The lease expiry is indexed (the sweep looks for expired ones), so renewing it
@@ -167,7 +176,7 @@ def _lease_renewal(order: Order, now: datetime) -> dict[str, object]:
 
 def renew_lease(order: Order, task_id: str) -> None:
     """Prove the lease (renewing it when due) without finishing a step; takes the row lock inside a transaction."""
-    renewal = _lease_renewal(order, timezone.now())
+    renewal = lease_renewal(order, timezone.now())
     leased = _leased(order, task_id)
     if not (leased.update(**renewal) if renewal else leased.select_for_update().exists()):
         _stop_unless_leased(Order.objects.get(pk=order.pk), task_id)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from orders import sql
 from orders.models import Order, OrderEvent, OrderLine
-from orders.services import lease
-from tests.orders.helpers import place, product
+from orders.services import actions, lease, pipeline
+from orders.services.lease import Outcome, StepFailed, Stopped
+from tests.orders.helpers import place, product, stock_of
 
 pytestmark = pytest.mark.django_db
 
@@ -28,6 +31,16 @@ PARAMETERS = {
         "request_fingerprint": "",
     },
     "CLAIM_ORDER": {"order_id": 1, "task_id": "t", "now": NOW, "lease_expires_at": NOW},
+    "RESERVE_STOCK": {
+        "order_id": 1,
+        "task_id": "t",
+        "previous": "",
+        "step": "reserved",
+        "now": NOW,
+        "lease_expires_at": None,
+        "product_ids": [1, 2],
+        "quantities": [1, 2],
+    },
 }
 
 
@@ -100,3 +113,108 @@ def test_claiming_in_one_statement_does_what_the_orm_path_does_in_one_query(
         for o in (first, second)
     ]
     assert events[0] == events[1] == [("attempt", "task-1", "attempt 1", None)]
+
+
+def _claimed(order: Order, task_id: str = "task-1") -> tuple[Order, list[OrderLine]]:
+    """The order as the pipeline holds it after its claim, with its lines as the pipeline reads them."""
+    claimed = lease.claim(order.pk, task_id)
+    assert claimed is not None
+    return claimed, list(claimed.lines.select_related("product").order_by("product_id"))
+
+
+@pytest.fixture(params=["one statement", "orm"])
+def path(request, monkeypatch) -> str:
+    """Each reservation test runs on the statement and on the ORM path (SQLite's) beside it."""
+    if request.param == "orm":
+        monkeypatch.setattr(sql, "in_one_statement", lambda: False)
+    return request.param
+
+
+def test_reserving_in_one_statement_does_what_the_orm_path_does_in_one_query(
+    customer, monkeypatch, django_assert_num_queries
+) -> None:
+    mug, pot = product(stock=10), product(stock=10)
+    first, second = place(customer, (mug, 2), (pot, 3)), place(customer, (pot, 1), (mug, 1))
+    one_statement, lines = _claimed(first)
+    with django_assert_num_queries(1):
+        pipeline.reserve_stock(one_statement, lines, "task-1")
+    monkeypatch.setattr(sql, "in_one_statement", lambda: False)
+    orm, lines = _claimed(second)
+    pipeline.reserve_stock(orm, lines, "task-1")
+
+    assert (stock_of(mug), stock_of(pot)) == (10 - 2 - 1, 10 - 3 - 1)
+    varying = {"id", "created_at", "updated_at", "idempotency_key", "request_fingerprint", "lease_expires_at", "total"}
+    assert _row(Order, first.pk, varying) == _row(Order, second.pk, varying)
+    for reserved in (one_statement, orm):
+        assert reserved.step == "reserved"
+        assert _row(Order, reserved.pk, set()) == {
+            f.attname: getattr(reserved, f.attname) for f in Order._meta.concrete_fields
+        }
+
+
+def test_a_short_product_fails_the_reservation_with_its_sku_and_nothing_is_taken(customer, path: str) -> None:
+    mug, pot = product(stock=5), product(stock=2)
+    order, lines = _claimed(place(customer, (mug, 2), (pot, 2)))
+    pot.stock = 1
+    pot.save(update_fields=["stock"])  # sold meanwhile: placing read 2, the reservation finds 1
+
+    with pytest.raises(StepFailed, match=rf"^Out of stock: not enough {pot.sku} left for 2\.$"):
+        pipeline.reserve_stock(order, lines, "task-1")
+
+    assert (stock_of(mug), stock_of(pot)) == (5, 1)
+    assert Order.objects.get(pk=order.pk).step == ""
+
+
+def test_a_reservation_whose_lease_went_to_another_task_stops_and_takes_nothing(customer, path: str) -> None:
+    mug = product(stock=5)
+    order, lines = _claimed(place(customer, (mug, 2)))
+    Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
+
+    with pytest.raises(Stopped, match="lease lost to task-2") as stopped:
+        pipeline.reserve_stock(order, lines, "task-1")
+
+    assert stopped.value.outcome == Outcome.STOPPED
+    assert (stock_of(mug), Order.objects.get(pk=order.pk).step) == (5, "")
+
+
+def test_a_duplicate_reservation_of_the_same_task_takes_the_stock_once(customer, path: str) -> None:
+    mug = product(stock=5)
+    order, lines = _claimed(place(customer, (mug, 2)))
+    pipeline.reserve_stock(order, lines, "task-1")
+    duplicate, lines = _claimed(Order.objects.get(pk=order.pk))  # the same task id, delivered again
+
+    pipeline.reserve_stock(duplicate, lines, "task-1")
+
+    assert (stock_of(mug), duplicate.step) == (3, "reserved")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_holding_the_order_makes_the_reservation_wait_then_stop_without_a_deadlock(
+    customer, path: str
+) -> None:
+    mug = product(stock=5)
+    order, lines = _claimed(place(customer, (mug, 2)))
+    locked, finished = threading.Event(), []
+
+    def cancel() -> None:
+        # A cancel's transaction: the order row first, then (were it reserved) its products.
+        try:
+            with transaction.atomic():
+                Order.objects.select_for_update().get(pk=order.pk)
+                locked.set()
+                time.sleep(0.5)  # the reservation arrives meanwhile and must wait for the row
+                actions.cancel_order(order.pk)
+            finished.append("cancelled")
+        finally:
+            connection.close()
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    assert locked.wait(10)
+    with pytest.raises(Stopped) as stopped:
+        pipeline.reserve_stock(order, lines, "task-1")
+    canceller.join(10)
+
+    assert finished == ["cancelled"]
+    assert stopped.value.outcome == Outcome.CANCELLED
+    assert (stock_of(mug), Order.objects.get(pk=order.pk).status) == (5, "cancelled")
