@@ -131,6 +131,7 @@ def test_an_email_send_terminated_mid_conversation_is_recorded_sent_and_delivere
     assert deliveries(server) == {"cut@example.com": 1}
 
 
+@pytest.mark.rabbitmq
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_an_email_whose_broker_connection_drops_mid_send_is_recorded_sent_and_its_redelivery_skips_it(
     process_env: dict[str, str], pool: str
