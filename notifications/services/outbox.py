@@ -111,9 +111,31 @@ def queue_email(
     # Insert first and look only on a conflict: a new message (the usual case)
     # is one INSERT ... ON CONFLICT DO NOTHING, without a SELECT or a savepoint.
     if not insert_unless_exists(notification):
+        # Asked again (a task delivered again, say): the first publish may have been lost.
+        publish_if_waiting(dedup_key)
         return Notification.objects.get(dedup_key=dedup_key)
     send_later(notification.pk, expires_at, on_commit=True)
     return notification
+
+
+def publish_if_waiting(dedup_key: str) -> bool:
+    """Send the row's task again (after commit) if the row is queued and no task holds it; True if it was.
+
+    The row's first publish, made after its commit, may never have reached the
+    broker: the broker was down then, or the process was terminated between the
+    two. Without this the row waits for the stale sweep (NOTIFICATION_REQUEUE_AFTER).
+    A second message for a row whose first is still on its way costs one skipped
+    task: a task sends only a row it claims.
+    """
+    now = timezone.now()
+    free = Q(lease_owner="") | Q(lease_expires_at__lt=now)
+    waiting = Notification.objects.filter(free, dedup_key=dedup_key, status=Status.QUEUED)
+    row = waiting.values("pk", "expires_at").first()
+    if row is None:
+        return False
+    logger.info("notification %s still queued and untaken: its task is sent again", row["pk"])
+    send_later(row["pk"], row["expires_at"], on_commit=True)
+    return True
 
 
 def queue_password_reset(*, recipient: str, user_id: int, subject: str, body_text: str, body_html: str = "") -> None:

@@ -54,7 +54,27 @@ def notify_order_status(
         subject=subject.format(id=order.pk),
         body_text=render_to_string(f"orders/email/{template}.txt", context),
         body_html=render_to_string(f"orders/email/{template}.html", context),
-        # A replayed order may fail or complete again; that is a new message.
-        dedup_key=f"order:{order.pk}:{order.status}:{order.replays}",
+        dedup_key=email_key(order.pk, order.status, order.replays),
         subject_object=f"orders.order:{order.pk}",
     )
+
+
+def email_key(order_id: int, status: str, replays: int) -> str:
+    """The outbox dedup key of the order's email about `status`: a replayed order may end again, a new message."""
+    return f"order:{order_id}:{status}:{replays}"
+
+
+def publish_unsent(order_id: int) -> bool:
+    """Publish the final order's email again if its row still waits, never taken by a task; True if it did.
+
+    For a process_order that finds its order already final: a copy delivered
+    again because the one before could not acknowledge (its broker connection
+    dropped, or Celery terminated it). That copy may have committed the order's
+    end and then lost the publish of its email, made after the commit, to the
+    same outage. A message sent twice is harmless: one send claims the row, the
+    other skips it.
+    """
+    ended = Order.objects.filter(pk=order_id, status__in=list(ORDER_EMAILS)).values("status", "replays").first()
+    if ended is None:
+        return False
+    return outbox.publish_if_waiting(email_key(order_id, ended["status"], ended["replays"]))

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from config import celery_app
+from core.base_task import Attempt
 from notifications.models import Campaign, EmailPreference, Notification
 from notifications.services import campaigns
 from ops.models import Failure
@@ -60,6 +61,58 @@ def test_a_completed_order_sends_exactly_one_email_with_the_right_content(
     assert message["Subject"] == f"Your order #{order.pk} is on its way"
     assert f"2 x {mug.name}" in body_text(message) and order.tracking_number in body_text(message)
     assert smtp_server.inbox.count() == 1
+
+
+@pytest.mark.rabbitmq
+def test_an_order_email_whose_publish_was_lost_goes_out_once_when_the_order_task_comes_again(
+    start_worker_process, customer, smtp_server, broker
+) -> None:
+    """The order completes, its email's publish (made after the commit) never reaches a worker.
+
+    As when a worker's broker connection drops between the two: the order task,
+    unacknowledged, is delivered again, finds the order complete, and sends the
+    email's task again. No sweep runs here.
+    """
+    from orders.services import pipeline
+
+    order = place(customer, (product(stock=5), 1))
+    pipeline.process_order(order.pk, attempt=Attempt("first-run"))  # in this process; its email task is published...
+    broker.purge()  # ...and lost
+    email = Notification.objects.get(subject_object=f"orders.order:{order.pk}")
+    assert email.status == "queued"
+
+    worker = start_worker_process(EMAIL_URL=smtp_server.url, **FAST)
+    celery_app.send_task("orders.tasks.process_order", [order.pk])
+
+    settled(email, timeout=30)
+    wait_until_idle(broker, "the order task and the email task it sent again")
+    assert (email.status, email.attempts) == ("sent", 1)
+    assert len(smtp_server.inbox.to(customer.email)) == 1
+    assert f"notification {email.pk} still queued and untaken: its task is sent again" in worker.output()
+
+
+@pytest.mark.rabbitmq
+def test_an_email_asked_for_again_while_its_row_waits_is_published_again_and_sent_once(
+    start_worker_process, smtp_server, broker
+) -> None:
+    # A task that queues an email and is delivered again (notify_report_ready, say) asks
+    # with the same dedup key: the row is not duplicated, its lost publish is made good.
+    with transaction.atomic():
+        first = transactional(recipient="again@example.com", key="again")
+    broker.purge()
+    with transaction.atomic():
+        second = transactional(recipient="again@example.com", key="again")
+        assert broker.messages("high_priority") == [], "published before the commit"
+    assert second.pk == first.pk
+    assert len(broker.messages("high_priority")) == 1
+
+    start_worker_process(EMAIL_URL=smtp_server.url, **FAST)
+    settled(first, timeout=30)
+    with transaction.atomic():
+        transactional(recipient="again@example.com", key="again")  # sent: nothing more is published
+    wait_until_idle(broker, "the email")
+    assert (first.status, first.attempts) == ("sent", 1)
+    assert len(smtp_server.inbox.to("again@example.com")) == 1
 
 
 @pytest.mark.rabbitmq

@@ -355,3 +355,21 @@ def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_
     again = lease.claim(order.pk, "task-2")
     assert (again.lease_owner, again.attempts) == ("task-2", 2)
     assert OrderEvent.objects.filter(order=order).latest("id").message == "attempt 2"
+
+
+def test_a_final_order_delivered_again_publishes_its_email_again_only_while_no_task_has_taken_it(customer) -> None:
+    from notifications.models import Notification
+    from notifications.services import outbox
+    from orders.services import emails
+
+    pending = place(customer, (product(), 1))
+    assert emails.publish_unsent(pending.pk) is False  # not final: nothing to tell yet
+    order = place(customer, (product(), 1))
+    pipeline.process_order(order.pk, attempt=Attempt("task-1"))
+    email = Notification.objects.get(subject_object=f"orders.order:{order.pk}")
+
+    assert emails.publish_unsent(order.pk) is True  # queued, untaken: its publish may have been lost
+    assert outbox.claim(Notification.objects.filter(pk=email.pk), "send-1") == 1
+    assert emails.publish_unsent(order.pk) is False  # being sent, under a live lease
+    outbox.finish([email.pk], "send-1", Notification.Status.SENT)
+    assert emails.publish_unsent(order.pk) is False
