@@ -48,9 +48,18 @@ def fetch_rows(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def instance_from_row(model: type[M], row: dict[str, Any]) -> M:
-    """A saved instance of `model` from a row keyed by column name; fields the row lacks are deferred."""
+    """A saved instance of `model` from a row keyed by column name; fields the row lacks are deferred.
+
+    Values pass through their field's from_db_value, as a queryset's do (a JSONField's text is parsed).
+    """
     present = [field for field in model._meta.concrete_fields if field.column in row]
-    return model.from_db(connection.alias, [field.attname for field in present], [row[f.column] for f in present])
+    values = [
+        field.from_db_value(row[field.column], None, connection)
+        if hasattr(field, "from_db_value")
+        else row[field.column]
+        for field in present
+    ]
+    return model.from_db(connection.alias, [field.attname for field in present], values)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The statement of bulk sending that the ORM cannot say as one, kept because a measurement showed it pays.
+"""The statements of sending that the ORM cannot say as one, kept because a measurement showed they pay.
 
 Literal SQL with the real table and column names; tests/notifications/test_sql.py
 has PostgreSQL plan it against the real tables and checks the columns it writes.
@@ -13,7 +13,7 @@ from django.db import connection
 
 
 def in_one_statement() -> bool:
-    """Whether the database runs the statement below (PostgreSQL); otherwise the caller uses the ORM."""
+    """Whether the database runs the statements below (PostgreSQL); otherwise the caller uses the ORM."""
     return connection.vendor == "postgresql"
 
 
@@ -51,4 +51,28 @@ UPDATE notifications_campaign AS campaign
 SET sent = campaign.sent + counted.sent, failed = campaign.failed + counted.failed
 FROM counted
 WHERE campaign.id = counted.campaign_id
+"""
+
+
+# notifications.services.outbox.send_notification, when no rate limit applies:
+# claim the row for this task if it is claimable (outbox.claimable()) and not
+# past its expires_at, and return it for the message to be built from. The
+# claim's commit need not wait for the disk (see send_notification); set_config
+# with is_local true is SET LOCAL for the statement's own transaction, which a
+# commit reads, so the session keeps its setting. One round trip where the ORM
+# path takes four: the row's SELECT, SET synchronous_commit, the UPDATE, RESET.
+# When it returns nothing, the caller takes the ORM path to find out why
+# (missing, final, expired, or held by another task).
+CLAIM_TO_SEND = """
+UPDATE notifications_notification
+SET status = 'sending', lease_owner = %(task_id)s, lease_expires_at = %(lease_expires_at)s,
+    attempts = attempts + 1, task_id = %(task_id)s, updated_at = %(now)s
+WHERE id = %(id)s
+    AND (
+        status = 'queued' AND (lease_owner = '' OR lease_expires_at < %(now)s OR lease_owner = %(task_id)s)
+        OR status = 'sending' AND lease_expires_at < %(now)s
+    )
+    AND (expires_at IS NULL OR expires_at > %(now)s)
+    AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+RETURNING *
 """

@@ -17,10 +17,10 @@ from django.utils import timezone
 
 from core import dispatch
 from core.base_task import Attempt
-from core.db import commits_not_waiting_for_disk, insert_unless_exists
+from core.db import commits_not_waiting_for_disk, fetch_rows, insert_unless_exists, instance_from_row
 from core.errors import PermanentFailure, Refused, TransientError
 from core.interruptions import SoftTimeLimitExceeded, uninterrupted
-from notifications import mailer, ratelimit
+from notifications import mailer, ratelimit, sql
 from notifications.models import Campaign, Notification
 from notifications.services.messages import build_message, describe_smtp_error, is_transient
 
@@ -248,6 +248,13 @@ def _stop_at_soft_limit(notification_id: int, task_id: str) -> Outcome:
 
 def _send_notification(notification_id: int, attempt: Attempt) -> Outcome:
     task_id = attempt.task_id
+    if sql.in_one_statement() and rate_limit() is None:
+        # The usual case in one statement: claimed and read at once (notifications.sql).
+        # Nothing claimed: the path below finds out why.
+        with uninterrupted():
+            notification = _claim_in_one_statement(notification_id, task_id)
+            if notification is not None:
+                return _send_claimed(notification, attempt)
     notification = Notification.objects.filter(pk=notification_id).first()
     if notification is None:
         logger.warning("notification %s does not exist (deleted or a bad id): nothing to send", notification_id)
@@ -279,19 +286,37 @@ def _send_notification(notification_id: int, attempt: Attempt) -> Outcome:
             return Outcome.SKIPPED
         # No re-read after the claim: it changes only status and lease fields, and
         # the message's content (what build_message reads) never changes.
-        try:
-            mailer.send(build_message(notification))
-        except Exception as exc:  # classified just below; anything unknown is a permanent failure
-            error = describe_smtp_error(exc)
-            if is_transient(exc) and not attempt.is_last:
-                hold_for_retry([notification.pk], task_id, attempt.retry_in, error)
-                raise TransientSendError(error) from exc
-            finish([notification.pk], task_id, Status.FAILED, error=error)
-            logger.error("notification %s failed (task %s): %s", notification_id, task_id, error)
-            return Outcome.FAILED
-        finish([notification.pk], task_id, Status.SENT)
+        return _send_claimed(notification, attempt)
+
+
+def _claim_in_one_statement(notification_id: int, task_id: str) -> Notification | None:
+    now = timezone.now()
+    params = {
+        "id": notification_id,
+        "task_id": task_id,
+        "now": now,
+        "lease_expires_at": now + settings.NOTIFICATION_LEASE_TIMEOUT,
+    }
+    rows = fetch_rows(sql.CLAIM_TO_SEND, params)
+    return instance_from_row(Notification, rows[0]) if rows else None
+
+
+def _send_claimed(notification: Notification, attempt: Attempt) -> Outcome:
+    """Send the row this task has just claimed and record how it went (inside the caller's uninterrupted())."""
+    task_id = attempt.task_id
+    try:
+        mailer.send(build_message(notification))
+    except Exception as exc:  # classified just below; anything unknown is a permanent failure
+        error = describe_smtp_error(exc)
+        if is_transient(exc) and not attempt.is_last:
+            hold_for_retry([notification.pk], task_id, attempt.retry_in, error)
+            raise TransientSendError(error) from exc
+        finish([notification.pk], task_id, Status.FAILED, error=error)
+        logger.error("notification %s failed (task %s): %s", notification.pk, task_id, error)
+        return Outcome.FAILED
+    finish([notification.pk], task_id, Status.SENT)
     # The id, not the address: INFO logs are read widely, and the row says where it went.
-    logger.info("notification %s sent (task %s)", notification_id, task_id)
+    logger.info("notification %s sent (task %s)", notification.pk, task_id)
     return Outcome.SENT
 
 

@@ -82,23 +82,60 @@ def test_a_time_limit_that_lands_in_the_reset_still_leaves_no_session_behind_tha
 
 
 @contextmanager
-def commit_settings() -> Iterator[list[tuple[str, str]]]:
-    """Each statement's first words, with the synchronous_commit it ran under (read right after it, in its session)."""
-    seen: list[tuple[str, str]] = []
+def commits_of(*tables: str) -> Iterator[list[tuple[str, str, str]]]:
+    """Every committed row write to `tables`: (table, INSERT or UPDATE, the synchronous_commit its commit ran under).
 
-    def record(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        with context["connection"].connection.cursor() as raw:  # psycopg's own cursor: not recorded, results kept
-            raw.execute("SELECT current_setting('synchronous_commit')")
-            seen.append((" ".join(sql.split()[:4]), raw.fetchone()[0]))
-        return result
-
-    with connection.execute_wrapper(record):
+    A deferred constraint trigger runs as its transaction commits, inside it, so
+    it reads the setting the commit reads: the session's, a SET LOCAL, or a
+    set_config(..., true) made by the statement itself.
+    """
+    seen: list[tuple[str, str, str]] = []
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE test_commit_log (id serial, tbl text, op text, setting text)")
+        cursor.execute(
+            "CREATE FUNCTION test_log_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO test_commit_log (tbl, op, setting) "
+            "VALUES (TG_TABLE_NAME, TG_OP, current_setting('synchronous_commit')); RETURN NULL; END $$"
+        )
+        for table in tables:
+            cursor.execute(
+                f"CREATE CONSTRAINT TRIGGER test_commit_log AFTER INSERT OR UPDATE ON {table} "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_log_commit()"
+            )
+    try:
         yield seen
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tbl, op, setting FROM test_commit_log ORDER BY id")
+            seen.extend(cursor.fetchall())
+            for table in tables:
+                cursor.execute(f"DROP TRIGGER test_commit_log ON {table}")
+            cursor.execute("DROP FUNCTION test_log_commit()")
+            cursor.execute("DROP TABLE test_commit_log")
 
 
-def under(seen: list[tuple[str, str]], verb: str, table: str) -> set[str]:
-    return {value for statement, value in seen if statement.startswith(f'{verb} "{table}"')}
+def under(seen: list[tuple[str, str, str]], op: str, table: str) -> set[str]:
+    return {setting for name, operation, setting in seen if (name, operation) == (table, op)}
+
+
+def test_the_commit_log_sees_a_set_local_and_a_statements_own_set_config() -> None:
+    with commits_of("orders_product") as seen:
+        product(stock=1)  # the session's setting
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO off")
+            product(stock=2)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE orders_product SET stock = 3 WHERE stock = 2 "
+                "AND set_config('synchronous_commit', 'local', true) IS NOT NULL"
+            )
+    assert seen == [
+        ("orders_product", "INSERT", "on"),
+        ("orders_product", "INSERT", "off"),
+        ("orders_product", "UPDATE", "local"),
+    ]
+    assert setting() == "on"
 
 
 def test_an_order_waits_for_the_disk_only_at_its_payment_intent_and_its_email_only_once_sent(
@@ -108,16 +145,27 @@ def test_an_order_waits_for_the_disk_only_at_its_payment_intent_and_its_email_on
     settings.EMAIL_RATE_LIMIT = None
     order = place(customer, (product(stock=5), 1))
 
-    with commit_settings() as seen:
+    with commits_of("orders_order", "orders_payment", "notifications_notification") as seen:
         assert pipeline.process_order(order.pk, attempt=Attempt("task-1")) == pipeline.Outcome.COMPLETED
-    assert under(seen, "INSERT INTO", "orders_payment") == {"on"}  # the intent: on disk before the gateway is called
+    assert under(seen, "INSERT", "orders_payment") == {"on"}  # the intent: on disk before the gateway is called
     assert under(seen, "UPDATE", "orders_payment") == {"off"}  # its outcome: the gateway keeps it by key
-    assert under(seen, "UPDATE", "orders_order") == {"off"}  # every checkpoint after the claim
-    assert under(seen, "INSERT INTO", "notifications_notification") == {"off"}  # queued with the completion
+    assert under(seen, "UPDATE", "orders_order") == {"off"}  # the claim and every checkpoint after it
+    assert under(seen, "INSERT", "notifications_notification") == {"off"}  # queued with the completion
     assert setting() == "on"
 
     email = Notification.objects.get(subject_object=f"orders.order:{order.pk}")
-    with commit_settings() as seen:
+    with commits_of("notifications_notification") as seen:
         assert outbox.send_notification(email.pk, attempt=Attempt("task-2")) == outbox.Outcome.SENT
-    updates = [value for statement, value in seen if statement.startswith('UPDATE "notifications_notification"')]
-    assert updates == ["off", "on"]  # the claim may be lost with a crash, the record that it went out may not
+    # The claim may be lost with a crash, the record that it went out may not.
+    assert seen == [("notifications_notification", "UPDATE", "off"), ("notifications_notification", "UPDATE", "on")]
+    assert setting() == "on"
+
+
+def test_an_email_under_a_rate_limit_claims_through_the_orm_and_waits_for_the_disk_only_once_sent(settings) -> None:
+    settings.EMAIL_RATE_LIMIT = (1000, 60)
+    email = Notification.objects.create(
+        kind="test", recipient="a@example.com", subject="s", body_text="b", dedup_key="k"
+    )
+    with commits_of("notifications_notification") as seen:
+        assert outbox.send_notification(email.pk, attempt=Attempt("task-1")) == outbox.Outcome.SENT
+    assert seen == [("notifications_notification", "UPDATE", "off"), ("notifications_notification", "UPDATE", "on")]
