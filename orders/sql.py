@@ -139,3 +139,66 @@ SELECT
     (SELECT sku FROM short) AS short_sku,
     (SELECT quantity FROM short) AS short_quantity
 """
+
+# The charge step's outcome (orders.services.payments.record_charge): record the
+# gateway's success on the payment intent, and checkpoint 'charged' while the
+# order is ours and reserved. One round trip instead of two UPDATEs. The
+# payment's write stands even when the checkpoint's matches nothing (the lease
+# went to another task, which then finds the charge succeeded and does not call
+# the gateway again), as it did when the two were separate commits; `charged` is
+# false then, and the caller reads the order to find out why.
+RECORD_CHARGE = """
+WITH paid AS (
+    UPDATE orders_payment
+    SET status = 'succeeded', error = '', provider_reference = %(reference)s, task_id = %(task_id)s,
+        attempts = attempts + 1, updated_at = %(now)s
+    WHERE id = %(payment_id)s
+    RETURNING attempts
+),
+charged AS (
+    UPDATE orders_order
+    SET step = %(step)s, updated_at = %(now)s,
+        lease_expires_at = COALESCE(%(lease_expires_at)s::timestamptz, lease_expires_at)
+    WHERE id = %(order_id)s AND status = 'processing' AND lease_owner = %(task_id)s AND step = %(previous)s
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM charged) AS charged, (SELECT attempts FROM paid) AS attempts
+"""
+
+# The charge step's intent (orders.services.payments.open_charge): while the
+# order is ours, lock it (a cancel takes the same lock, so the two cannot
+# cross), renew its lease when due, and insert the payment intent unless an
+# earlier attempt left one under the same key. This commit waits for the disk
+# whatever the session says: it must be durable before the gateway is called
+# (set_config with is_local true is SET LOCAL for the statement's own
+# transaction, which its commit reads). One round trip instead of BEGIN, SET
+# LOCAL, the lock or the renewal, the INSERT and COMMIT. `leased` is false when
+# the order is no longer ours; no row comes back from `opened` when the intent
+# exists, and the caller reads it.
+OPEN_CHARGE = """
+WITH mine AS MATERIALIZED (
+    SELECT id
+    FROM orders_order
+    WHERE id = %(order_id)s AND status = 'processing' AND lease_owner = %(task_id)s
+    FOR UPDATE
+),
+renewed AS (
+    UPDATE orders_order
+    SET lease_expires_at = %(lease_expires_at)s::timestamptz
+    WHERE id IN (SELECT id FROM mine) AND %(lease_expires_at)s::timestamptz IS NOT NULL
+),
+opened AS (
+    INSERT INTO orders_payment (
+        order_id, kind, amount, idempotency_key, status, provider_reference, error, attempts, task_id,
+        created_at, updated_at
+    )
+    SELECT id, 'charge', %(amount)s, %(idempotency_key)s, 'pending', '', '', 0, %(task_id)s, %(now)s, %(now)s
+    FROM mine
+    WHERE set_config('synchronous_commit', 'on', true) IS NOT NULL
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING *
+)
+SELECT EXISTS (SELECT FROM mine) AS leased, opened.*
+FROM (SELECT) AS one
+LEFT JOIN opened ON true
+"""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -179,9 +180,14 @@ def renew_lease(order: Order, task_id: str) -> None:
     renewal = lease_renewal(order, timezone.now())
     leased = _leased(order, task_id)
     if not (leased.update(**renewal) if renewal else leased.select_for_update().exists()):
-        _stop_unless_leased(Order.objects.get(pk=order.pk), task_id)
-        raise Stopped(Outcome.STOPPED, "the lease could not be renewed")
+        stop_for_lost_lease(order, task_id)
     order.lease_expires_at = renewal.get("lease_expires_at", order.lease_expires_at)
+
+
+def stop_for_lost_lease(order: Order, task_id: str) -> NoReturn:
+    """Raise Stopped with why the order is no longer this task's (cancelled, or leased to another)."""
+    _stop_unless_leased(Order.objects.get(pk=order.pk), task_id)
+    raise Stopped(Outcome.STOPPED, "the lease could not be renewed")
 
 
 def hold_lease_for_retry(order_id: int, task_id: str, retry_in: int, error: str) -> None:

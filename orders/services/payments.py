@@ -10,11 +10,21 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
+from django.utils import timezone
 
-from core.db import insert_unless_exists, wait_for_disk_on_commit
+from core.db import fetch_rows, insert_unless_exists, instance_from_row, wait_for_disk_on_commit
+from orders import sql
 from orders.models import Order, OrderEvent, Payment
 from orders.providers import PermanentProviderError, TransientProviderError, payment_gateway
-from orders.services.lease import StepFailed, advance, renew_lease
+from orders.services.lease import (
+    StepFailed,
+    advance,
+    lease_renewal,
+    not_advanced,
+    renew_lease,
+    step_before,
+    stop_for_lost_lease,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +87,8 @@ def open_charge(order: Order, task_id: str, key: str) -> Payment:
     lease takes the order's row lock, which a cancel takes too, so the two
     cannot cross. Only this step creates charge rows.
     """
+    if sql.in_one_statement():
+        return _open_charge_in_one_statement(order, task_id, key)
     payment = Payment(order=order, kind=Payment.Kind.CHARGE, amount=order.total, idempotency_key=key, task_id=task_id)
     with transaction.atomic():
         # Money: this commit waits for the disk, and with it every checkpoint before it.
@@ -87,17 +99,68 @@ def open_charge(order: Order, task_id: str, key: str) -> Payment:
     return payment
 
 
+def _open_charge_in_one_statement(order: Order, task_id: str, key: str) -> Payment:
+    """open_charge on PostgreSQL: orders.sql.OPEN_CHARGE, the same lock, renewal, insert and durable commit."""
+    now = timezone.now()
+    renewal = lease_renewal(order, now)
+    params = {
+        "order_id": order.pk,
+        "task_id": task_id,
+        "lease_expires_at": renewal.get("lease_expires_at"),
+        "amount": order.total,
+        "idempotency_key": key,
+        "now": now,
+    }
+    [row] = fetch_rows(sql.OPEN_CHARGE, params)
+    if not row.pop("leased"):
+        stop_for_lost_lease(order, task_id)
+    order.lease_expires_at = renewal.get("lease_expires_at", order.lease_expires_at)
+    if row["id"] is None:  # an earlier attempt's intent
+        return Payment.objects.get(idempotency_key=key)
+    return instance_from_row(Payment, row)
+
+
 def record_charge(order: Order, payment: Payment, task_id: str, reference: str) -> None:
     """Record the successful charge on its intent, then checkpoint 'charged'.
 
-    In this order and without a transaction around them: the payment says what
-    the gateway did even when this task lost its lease meanwhile (the new holder
-    then finds the charge succeeded and does not call the gateway again), and a
-    crash between the two leaves the order at 'reserved', whose retry finds the
-    succeeded payment and only moves the checkpoint.
+    The payment's write does not depend on the checkpoint's: the payment says
+    what the gateway did even when this task lost its lease meanwhile (the new
+    holder then finds the charge succeeded and does not call the gateway again).
+    On PostgreSQL both are one statement (orders.sql.RECORD_CHARGE); elsewhere
+    two commits in this order, and a crash between them leaves the order at
+    'reserved', whose retry finds the succeeded payment and only moves the
+    checkpoint.
     """
+    if sql.in_one_statement():
+        _record_charge_in_one_statement(order, payment, task_id, reference)
+        return
     _record_payment(payment, Payment.Status.SUCCEEDED, task_id, reference=reference)
     advance(order, task_id, Step.CHARGED)
+
+
+def _record_charge_in_one_statement(order: Order, payment: Payment, task_id: str, reference: str) -> None:
+    """record_charge on PostgreSQL: orders.sql.RECORD_CHARGE, the same two writes in one round trip."""
+    now = timezone.now()
+    previous = step_before(Step.CHARGED)
+    changes = {"step": Step.CHARGED, "updated_at": now, **lease_renewal(order, now)}
+    params = {
+        "payment_id": payment.pk,
+        "reference": reference,
+        "task_id": task_id,
+        "now": now,
+        "order_id": order.pk,
+        "previous": previous,
+        "step": Step.CHARGED,
+        "lease_expires_at": changes.get("lease_expires_at"),
+    }
+    [row] = fetch_rows(sql.RECORD_CHARGE, params)
+    payment.status, payment.error, payment.provider_reference = Payment.Status.SUCCEEDED, "", reference
+    payment.task_id, payment.attempts, payment.updated_at = task_id, row["attempts"], now
+    if not row["charged"]:
+        not_advanced(order, task_id, Step.CHARGED, previous)
+        return
+    for name, value in changes.items():
+        setattr(order, name, value)
 
 
 def _record_payment(payment: Payment, status: str, task_id: str, *, error: str = "", reference: str = "") -> None:

@@ -12,8 +12,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from orders import sql
-from orders.models import Order, OrderEvent, OrderLine
-from orders.services import actions, lease, pipeline
+from orders.models import Order, OrderEvent, OrderLine, Payment
+from orders.services import actions, lease, payments, pipeline
 from orders.services.lease import Outcome, StepFailed, Stopped
 from tests.orders.helpers import place, product, stock_of
 
@@ -41,6 +41,24 @@ PARAMETERS = {
         "product_ids": [1, 2],
         "quantities": [1, 2],
     },
+    "OPEN_CHARGE": {
+        "order_id": 1,
+        "task_id": "t",
+        "lease_expires_at": None,
+        "amount": "10.00",
+        "idempotency_key": "k",
+        "now": NOW,
+    },
+    "RECORD_CHARGE": {
+        "payment_id": 1,
+        "reference": "r",
+        "task_id": "t",
+        "now": NOW,
+        "order_id": 1,
+        "previous": "reserved",
+        "step": "charged",
+        "lease_expires_at": None,
+    },
 }
 
 
@@ -67,6 +85,7 @@ def test_the_statements_write_every_column_of_the_rows_they_insert() -> None:
     assert _inserted_columns(sql.INSERT_ORDER, "orders_order") == _columns(Order)
     assert _inserted_columns(sql.INSERT_ORDER, "orders_orderline") == _columns(OrderLine)
     assert _inserted_columns(sql.CLAIM_ORDER, "orders_orderevent") == _columns(OrderEvent)
+    assert _inserted_columns(sql.OPEN_CHARGE, "orders_payment") == _columns(Payment)
 
 
 def _row(model: type, pk: int, ignore: set[str]) -> dict:
@@ -218,3 +237,117 @@ def test_a_cancel_holding_the_order_makes_the_reservation_wait_then_stop_without
     assert finished == ["cancelled"]
     assert stopped.value.outcome == Outcome.CANCELLED
     assert (stock_of(mug), Order.objects.get(pk=order.pk).status) == (5, "cancelled")
+
+
+def _charged(order: Order, task_id: str = "task-1") -> tuple[Order, Payment]:
+    """The order as the pipeline holds it once its stock is reserved and its charge intent open."""
+    claimed, lines = _claimed(order, task_id)
+    pipeline.reserve_stock(claimed, lines, task_id)
+    return claimed, payments.open_charge(claimed, task_id, payments.charge_key(claimed))
+
+
+def test_recording_a_charge_in_one_statement_writes_what_the_orm_path_writes(
+    customer, monkeypatch, django_assert_num_queries
+) -> None:
+    first, second = place(customer, (product(), 1)), place(customer, (product(), 1))
+    order, intent = _charged(first)
+    with django_assert_num_queries(1):
+        payments.record_charge(order, intent, "task-1", "ref-1")
+    monkeypatch.setattr(sql, "in_one_statement", lambda: False)
+    orm_order, orm_intent = _charged(second)
+    payments.record_charge(orm_order, orm_intent, "task-1", "ref-1")
+
+    varying = {"id", "order_id", "created_at", "updated_at", "idempotency_key"}
+    assert _row(Payment, intent.pk, varying) == _row(Payment, orm_intent.pk, varying)
+    assert _row(Payment, intent.pk, set()) == {
+        f.attname: getattr(intent, f.attname) for f in Payment._meta.concrete_fields
+    }
+    varying |= {"customer_id", "request_fingerprint", "lease_expires_at", "total"}
+    varying.discard("order_id")
+    assert _row(Order, order.pk, varying) == _row(Order, orm_order.pk, varying)
+    assert _row(Order, order.pk, set()) == {f.attname: getattr(order, f.attname) for f in Order._meta.concrete_fields}
+    assert (order.step, intent.status, intent.provider_reference, intent.attempts) == (
+        "charged",
+        "succeeded",
+        "ref-1",
+        1,
+    )
+
+
+def test_a_charge_recorded_after_the_lease_went_to_another_task_is_kept_and_the_task_stops(customer, path: str) -> None:
+    order, intent = _charged(place(customer, (product(), 1)))
+    Order.objects.filter(pk=order.pk).update(lease_owner="task-2")  # a sweep's task took the order over
+
+    with pytest.raises(Stopped):
+        payments.record_charge(order, intent, "task-1", "ref-1")
+    intent.refresh_from_db()
+    assert (intent.status, intent.provider_reference) == ("succeeded", "ref-1")  # what the gateway did stands
+    assert Order.objects.get(pk=order.pk).step == "reserved"
+
+
+def test_a_charge_recorded_twice_by_the_same_task_moves_the_checkpoint_once(customer, path: str) -> None:
+    order, intent = _charged(place(customer, (product(), 1)))
+    payments.record_charge(order, intent, "task-1", "ref-1")
+    copy = Order.objects.get(pk=order.pk)
+    copy.step = "reserved"  # as a duplicate delivery holding an older copy would have it
+    payments.record_charge(copy, intent, "task-1", "ref-1")
+    assert (copy.step, Order.objects.get(pk=order.pk).step) == ("charged", "charged")
+
+
+def _reserved(order: Order, task_id: str = "task-1") -> Order:
+    claimed, lines = _claimed(order, task_id)
+    pipeline.reserve_stock(claimed, lines, task_id)
+    return claimed
+
+
+def test_opening_a_charge_in_one_statement_writes_what_the_orm_path_writes(
+    customer, monkeypatch, django_assert_num_queries
+) -> None:
+    first, second = _reserved(place(customer, (product(), 2))), _reserved(place(customer, (product(), 2)))
+    with django_assert_num_queries(1):
+        intent = payments.open_charge(first, "task-1", payments.charge_key(first))
+    monkeypatch.setattr(sql, "in_one_statement", lambda: False)
+    orm_intent = payments.open_charge(second, "task-1", payments.charge_key(second))
+
+    varying = {"id", "order_id", "created_at", "updated_at", "idempotency_key"}
+    assert _row(Payment, intent.pk, varying) == _row(Payment, orm_intent.pk, varying)
+    assert _row(Payment, intent.pk, set()) == {
+        f.attname: getattr(intent, f.attname) for f in Payment._meta.concrete_fields
+    }
+    assert (intent.order_id, intent.idempotency_key, intent.amount) == (
+        first.pk,
+        f"order:{first.pk}:charge:0",
+        first.total,
+    )
+    assert (intent.status, intent.attempts, intent.task_id) == ("pending", 0, "task-1")
+
+
+def test_a_second_attempt_finds_the_first_attempts_intent(customer, path: str) -> None:
+    order = _reserved(place(customer, (product(), 1)))
+    first = payments.open_charge(order, "task-1", payments.charge_key(order))
+    payments.record_charge(order, first, "task-1", "ref-1")
+    again = payments.open_charge(order, "task-1", payments.charge_key(order))
+    assert (again.pk, again.status, again.provider_reference) == (first.pk, "succeeded", "ref-1")
+    assert Payment.objects.filter(order=order).count() == 1
+
+
+def test_opening_a_charge_renews_a_lease_that_is_due(customer, path: str) -> None:
+    order = _reserved(place(customer, (product(), 1)))
+    soon = timezone.now() + timedelta(seconds=5)
+    Order.objects.filter(pk=order.pk).update(lease_expires_at=soon)
+    order.lease_expires_at = soon
+    payments.open_charge(order, "task-1", payments.charge_key(order))
+    renewed = Order.objects.get(pk=order.pk).lease_expires_at
+    assert renewed == order.lease_expires_at and renewed - timezone.now() > timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome"), [({"lease_owner": "task-2"}, "stopped"), ({"status": "cancelled"}, "cancelled")]
+)
+def test_no_intent_is_opened_for_an_order_no_longer_ours(customer, path: str, change: dict, outcome: str) -> None:
+    order = _reserved(place(customer, (product(), 1)))
+    Order.objects.filter(pk=order.pk).update(**change)
+    with pytest.raises(Stopped) as stopped:
+        payments.open_charge(order, "task-1", payments.charge_key(order))
+    assert stopped.value.outcome == outcome
+    assert not Payment.objects.filter(order=order).exists()
