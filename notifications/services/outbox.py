@@ -127,9 +127,8 @@ def publish_if_waiting(dedup_key: str) -> bool:
     A second message for a row whose first is still on its way costs one skipped
     task: a task sends only a row it claims.
     """
-    now = timezone.now()
-    free = Q(lease_owner="") | Q(lease_expires_at__lt=now)
-    waiting = Notification.objects.filter(free, dedup_key=dedup_key, status=Status.QUEUED)
+    # Claimable and queued: no task holds it, not even for a retry of its own.
+    waiting = Notification.objects.filter(claimable(timezone.now()), dedup_key=dedup_key, status=Status.QUEUED)
     row = waiting.values("pk", "expires_at").first()
     if row is None:
         return False
