@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NoReturn
 
@@ -122,6 +123,41 @@ def _leased(order: Order, task_id: str) -> QuerySet[Order]:
     return Order.objects.filter(pk=order.pk, status=Status.PROCESSING, lease_owner=task_id)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A step about to be recorded: the step it moves on from, and the order's fields that change with it."""
+
+    step: Step
+    previous: Step
+    now: datetime
+    changes: dict[str, object]
+
+    def sql_params(self) -> dict[str, object]:
+        """The parameters a one-statement checkpoint (orders.sql) takes besides the order id and the task id."""
+        return {
+            "previous": self.previous,
+            "step": self.step,
+            "now": self.now,
+            "lease_expires_at": self.changes.get("lease_expires_at"),
+        }
+
+
+def checkpoint(order: Order, step: Step, *, after: Step | None = None, **fields: object) -> Checkpoint:
+    """The checkpoint for `step`, renewing the lease when due; `after` is the step before when it is not the previous one."""
+    now = timezone.now()
+    changes = {"step": step, "updated_at": now, **lease_renewal(order, now), **fields}
+    return Checkpoint(step=step, previous=step_before(step) if after is None else after, now=now, changes=changes)
+
+
+def checkpointed(order: Order, task_id: str, point: Checkpoint, *, written: bool) -> bool:
+    """After the write of `point`: True when it was written (the copy in hand is updated), else as not_advanced."""
+    if not written:
+        return not_advanced(order, task_id, point.step, point.previous)
+    for name, value in point.changes.items():
+        setattr(order, name, value)
+    return True
+
+
 # The forward steps prove the lease and record the checkpoint in one conditional
 # UPDATE instead of SELECT ... FOR UPDATE followed by an UPDATE: the UPDATE takes
 # the same row lock (a cancel waits for the step's transaction, and the other way
@@ -135,14 +171,9 @@ def advance(order: Order, task_id: str, step: Step, *, after: Step | None = None
     effects). Raises Stopped when the order was cancelled or its lease went to
     another task.
     """
-    now = timezone.now()
-    changes = {"step": step, "updated_at": now, **lease_renewal(order, now), **fields}
-    previous = step_before(step) if after is None else after
-    if _leased(order, task_id).filter(step=previous).update(**changes):
-        for name, value in changes.items():
-            setattr(order, name, value)
-        return True
-    return not_advanced(order, task_id, step, previous)
+    point = checkpoint(order, step, after=after, **fields)
+    written = _leased(order, task_id).filter(step=point.previous).update(**point.changes) > 0
+    return checkpointed(order, task_id, point, written=written)
 
 
 def not_advanced(order: Order, task_id: str, step: Step, previous: Step) -> bool:

@@ -19,10 +19,10 @@ from orders.providers import PermanentProviderError, TransientProviderError, pay
 from orders.services.lease import (
     StepFailed,
     advance,
+    checkpoint,
+    checkpointed,
     lease_renewal,
-    not_advanced,
     renew_lease,
-    step_before,
     stop_for_lost_lease,
 )
 
@@ -140,27 +140,12 @@ def record_charge(order: Order, payment: Payment, task_id: str, reference: str) 
 
 def _record_charge_in_one_statement(order: Order, payment: Payment, task_id: str, reference: str) -> None:
     """record_charge on PostgreSQL: orders.sql.RECORD_CHARGE, the same two writes in one round trip."""
-    now = timezone.now()
-    previous = step_before(Step.CHARGED)
-    changes = {"step": Step.CHARGED, "updated_at": now, **lease_renewal(order, now)}
-    params = {
-        "payment_id": payment.pk,
-        "reference": reference,
-        "task_id": task_id,
-        "now": now,
-        "order_id": order.pk,
-        "previous": previous,
-        "step": Step.CHARGED,
-        "lease_expires_at": changes.get("lease_expires_at"),
-    }
-    [row] = fetch_rows(sql.RECORD_CHARGE, params)
+    point = checkpoint(order, Step.CHARGED)
+    params = {"payment_id": payment.pk, "reference": reference, "task_id": task_id, "order_id": order.pk}
+    [row] = fetch_rows(sql.RECORD_CHARGE, {**params, **point.sql_params()})
     payment.status, payment.error, payment.provider_reference = Payment.Status.SUCCEEDED, "", reference
-    payment.task_id, payment.attempts, payment.updated_at = task_id, row["attempts"], now
-    if not row["charged"]:
-        not_advanced(order, task_id, Step.CHARGED, previous)
-        return
-    for name, value in changes.items():
-        setattr(order, name, value)
+    payment.task_id, payment.attempts, payment.updated_at = task_id, row["attempts"], point.now
+    checkpointed(order, task_id, point, written=row["charged"])
 
 
 def _record_payment(payment: Payment, status: str, task_id: str, *, error: str = "", reference: str = "") -> None:

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F
-from django.utils import timezone
 
 from core.base_task import Attempt
 from core.db import commits_not_waiting_for_disk, fetch_rows
@@ -134,27 +133,18 @@ def reserve_stock(order: Order, lines: list[OrderLine], task_id: str) -> None:
 
 def _reserve_in_one_statement(order: Order, lines: list[OrderLine], task_id: str) -> None:
     """reserve_stock on PostgreSQL: orders.sql.RESERVE_STOCK, the same locks and writes in one round trip."""
-    now = timezone.now()
-    previous = lease.step_before(Step.RESERVED)
-    changes = {"step": Step.RESERVED, "updated_at": now, **lease.lease_renewal(order, now)}
+    point = lease.checkpoint(order, Step.RESERVED)
     params = {
         "order_id": order.pk,
         "task_id": task_id,
-        "previous": previous,
-        "step": Step.RESERVED,
-        "now": now,
-        "lease_expires_at": changes.get("lease_expires_at"),
+        **point.sql_params(),
         "product_ids": [line.product_id for line in lines],
         "quantities": [line.quantity for line in lines],
     }
     [row] = fetch_rows(sql.RESERVE_STOCK, params)
     if row["short_sku"] is not None:
         raise StepFailed(f"Out of stock: not enough {row['short_sku']} left for {row['short_quantity']}.")
-    if not row["reserved"]:
-        lease.not_advanced(order, task_id, Step.RESERVED, previous)
-        return
-    for name, value in changes.items():
-        setattr(order, name, value)
+    lease.checkpointed(order, task_id, point, written=row["reserved"])
 
 
 def _book_shipment(order: Order, lines: list[OrderLine]) -> str:
