@@ -3,8 +3,8 @@
 The project's settings, with what the benchmark issue tunes put back to Celery's,
 Kombu's and Django's defaults: the database connection closed around every task
 (no CELERY_DB_REUSE_MAX, CONN_MAX_AGE 0), every task storing every state (no
-per-task annotations) with the library's get-or-create, and Kombu's own Redis
-transport. The product code and
+per-task annotations) with the library's get-or-create, Kombu's own transports,
+and Celery's own worker consumer (task events with confirms on RabbitMQ). The product code and
 every safety setting (acks_late, prefetch 1, time limits, routing) are the same.
 """
 
@@ -16,3 +16,4 @@ CELERY_DB_REUSE_MAX = None
 CELERY_TASK_ANNOTATIONS = None
 CELERY_BROKER_TRANSPORT = None
 CELERY_RESULT_BACKEND = "django-db"
+CELERY_WORKER_CONSUMER = "celery.worker.consumer:Consumer"

@@ -386,6 +386,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Events for Flower and `celery events`: workers report every task they receive,
 # start, finish, retry or fail.
 CELERY_WORKER_SEND_TASK_EVENTS = True
+# On RabbitMQ the events are sent without publisher confirms (ops/broker_amqp.py).
+CELERY_WORKER_CONSUMER = "ops.broker_amqp:EventsWithoutConfirms"
 # No extra "task-sent" event per publish: it is a second message to the broker on
 # every enqueue (POST /api/orders/ spent a fifth of its time on it), and Flower
 # learns of each task from the worker's task-received event anyway.

@@ -247,8 +247,8 @@ def assert_run_now_answers_503(admin: Any, schedule: Model, web_output: Callable
     assert "Internal Server Error" not in web_output()
 
 
-def rabbitmqctl(url: str, *args: str, node: dict | None = None) -> None:
-    """Run rabbitmqctl against the RabbitMQ node serving `url`: this machine's, or the throwaway node bin/test started.
+def rabbitmqctl(url: str, *args: str, node: dict | None = None) -> str:
+    """Run rabbitmqctl against the RabbitMQ node serving `url` (this machine's, or the throwaway node bin/test started); its output.
 
     `node`: the record of a node the test started itself (RabbitMQServer.record).
     """
@@ -263,6 +263,7 @@ def rabbitmqctl(url: str, *args: str, node: dict | None = None) -> None:
             command, env["HOME"] = [str(ctl), "-n", f"backoffice-test-{port}@localhost"], record["root"]
     done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
 
 
 @contextlib.contextmanager
