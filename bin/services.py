@@ -8,8 +8,9 @@ then the localhost defaults, and otherwise starts throwaway servers from the
 installed binaries under a temporary folder. It keeps the record of the
 throwaway servers it started in a file of this run's own, and prints its path as
 TEST_SERVICES_STATE; `services.py down`, in the shell that evaluated those lines,
-stops those servers and no other run's. Only the standard library is used, so it
-runs before any virtualenv exists.
+stops those servers and no other run's. `services.py vhost NAME`, in that shell,
+prints TEST_RABBITMQ_URL on a vhost of that name, made when missing (bin/bench's).
+Only the standard library is used, so it runs before any virtualenv exists.
 """
 
 from __future__ import annotations
@@ -373,6 +374,38 @@ def up(rabbitmq: bool = False) -> None:
         print(f"export TEST_RABBITMQ_URL={shlex.quote(rabbitmq_url)}")
 
 
+def rabbitmqctl_command(port: int, records: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """rabbitmqctl and its environment for the RabbitMQ on `port`: a throwaway node among `records`, else the machine's."""
+    for record in records:
+        if record.get("kind") == "rabbitmq" and record.get("port") == port:
+            # Its node name, and its Erlang cookie under HOME, as start_rabbitmq_node gives them.
+            ctl = str(Path(rabbitmq_server() or "rabbitmqctl").with_name("rabbitmqctl"))
+            return [ctl, "-n", f"backoffice-test-{port}@localhost"], {**os.environ, "HOME": record["root"]}
+    return ["rabbitmqctl"], dict(os.environ)
+
+
+def vhost(name: str) -> None:
+    """Print TEST_RABBITMQ_URL on a vhost `name` of its own, made (and opened to the URL's user) when missing.
+
+    For bin/bench, whose RabbitMQ half purges the project's queues where it runs:
+    on a vhost of its own it leaves a test run's queues alone, as its Redis half
+    keeps to a database number of its own. Needs rabbitmqctl (root, or the rabbitmq
+    user, for the machine's node); exits 1 saying why when it cannot.
+    """
+    url = os.environ.get("TEST_RABBITMQ_URL") or DEFAULT_RABBITMQ_URL
+    parts = urlsplit(url)
+    command, env = rabbitmqctl_command(parts.port or 5672, started_servers())
+    user = parts.username or "guest"
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, user, ".*", ".*", ".*"]):
+        try:
+            done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, env=env)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            sys.exit(f"services: rabbitmqctl {args[0]} failed: {exc}")
+        if done.returncode != 0:
+            sys.exit(f"services: rabbitmqctl {args[0]} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    print(parts._replace(path=f"/{name}").geturl())
+
+
 def run_state() -> Path | None:
     """This run's record of its throwaway servers, named by the `up` lines this environment holds; None without one.
 
@@ -417,5 +450,7 @@ if __name__ == "__main__":
         up(rabbitmq=True)
     elif sys.argv[1:] == ["down"]:
         down()
+    elif len(sys.argv) == 3 and sys.argv[1] == "vhost":
+        vhost(sys.argv[2])
     else:
-        sys.exit("usage: services.py up [--rabbitmq] | down")
+        sys.exit("usage: services.py up [--rabbitmq] | down | vhost NAME")

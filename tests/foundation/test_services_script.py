@@ -7,7 +7,9 @@ import re
 import shlex
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -110,3 +112,55 @@ def test_an_up_that_fails_part_way_stops_the_servers_it_had_started() -> None:
     wait_for(lambda: not answers(f"redis://127.0.0.1:{port}/15"), 10, 0.05, "the throwaway Redis to stop")
     assert "stopped the throwaway redis" in result.stderr
     assert result.stdout == ""  # no export lines: bin/test stops there
+
+
+# --- services.py vhost NAME: bin/bench's RabbitMQ half on a vhost of its own ----------------------------------
+
+
+def vhost(env: dict[str, str], name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "bin/services.py", "vhost", name],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.only_on_broker("rabbitmq")
+def test_vhost_makes_a_vhost_the_urls_user_can_use_and_prints_its_url() -> None:
+    from django.conf import settings
+    from kombu import Connection
+
+    from tests.support.broker import rabbitmqctl
+
+    url = settings.CELERY_BROKER_URL  # the RabbitMQ pass's: a throwaway node's, or this machine's
+    name = f"test-bench-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "TEST_RABBITMQ_URL": url}
+    try:
+        made = vhost(env, name)
+        assert made.returncode == 0, made.stderr
+        printed = made.stdout.strip()
+        assert urlsplit(printed)._replace(path="") == urlsplit(url)._replace(path="")
+        assert urlsplit(printed).path == f"/{name}"
+        # The URL's user may declare, publish and read there.
+        with Connection(printed) as connection, connection.SimpleQueue("probe") as queue:
+            queue.put({"n": 1})
+            message = queue.get(timeout=10)
+            message.ack()
+            assert message.payload == {"n": 1}
+        # Asked again (the next bench): the same URL, nothing refused.
+        again = vhost(env, name)
+        assert (again.returncode, again.stdout.strip()) == (0, printed), again.stderr
+    finally:
+        rabbitmqctl(url, "delete_vhost", name)
+
+
+def test_vhost_without_rabbitmqctl_exits_1_saying_why() -> None:
+    env = {"PATH": "/nonexistent", "TEST_RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    result = vhost(env, "backoffice_bench")
+
+    assert result.returncode == 1 and result.stdout == ""
+    assert "services: rabbitmqctl add_vhost failed" in result.stderr, result.stderr

@@ -11,12 +11,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -254,13 +252,9 @@ def rabbitmqctl(url: str, *args: str, node: dict | None = None) -> str:
     """
     from tests.support.servers import services
 
-    port = urlsplit(url).port or 5672
-    command, env = ["rabbitmqctl"], dict(os.environ)
-    for record in [node] if node else services.started_servers():
-        if record.get("kind") == "rabbitmq" and record.get("port") == port:
-            # Its node name and Erlang cookie, as bin/services.py start_rabbitmq_node gives them.
-            ctl = Path(services.rabbitmq_server()).with_name("rabbitmqctl")
-            command, env["HOME"] = [str(ctl), "-n", f"backoffice-test-{port}@localhost"], record["root"]
+    command, env = services.rabbitmqctl_command(
+        urlsplit(url).port or 5672, [node] if node else services.started_servers()
+    )
     done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}"
     return done.stdout
