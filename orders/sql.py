@@ -58,8 +58,10 @@ RETURNING id, order_id, product_id, quantity, unit_price
 # Every order's first statement (orders.services.lease.claim): take the
 # lease of an order that is pending, or processing with our own or an expired
 # lease; record the attempt in its history; and return the order with the
-# customer fields its emails use. The ORM needs an UPDATE, a SELECT, an INSERT
-# and a COMMIT for the same.
+# customer fields its emails use, one row per line with the line and its
+# product's SKU and name (the steps and the emails need no more of it; the stock
+# is read where it is locked). The ORM needs an UPDATE, a SELECT, an INSERT, a
+# COMMIT and a SELECT of the lines for the same.
 CLAIM_ORDER = """
 WITH claimed AS (
     UPDATE orders_order
@@ -78,9 +80,18 @@ SELECT
     claimed.*,
     customer.username AS customer__username,
     customer.first_name AS customer__first_name,
-    customer.email AS customer__email
+    customer.email AS customer__email,
+    line.id AS line__id,
+    line.product_id AS line__product_id,
+    line.quantity AS line__quantity,
+    line.unit_price AS line__unit_price,
+    product.sku AS product__sku,
+    product.name AS product__name
 FROM claimed
 JOIN auth_user AS customer ON customer.id = claimed.customer_id
+LEFT JOIN orders_orderline AS line ON line.order_id = claimed.id
+LEFT JOIN orders_product AS product ON product.id = line.product_id
+ORDER BY line.product_id
 """
 
 # The pipeline's first step (orders.services.pipeline.reserve_stock): while the

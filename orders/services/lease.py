@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from core.db import fetch_rows, instance_from_row
 from orders import sql
-from orders.models import Order, OrderEvent
+from orders.models import Order, OrderEvent, OrderLine, Product
 
 logger = logging.getLogger(__name__)
 
@@ -50,36 +50,48 @@ class StepFailed(Exception):
     """A permanent failure: compensate, then mark the order failed with this reason."""
 
 
-def claim(order_id: int, task_id: str) -> Order | None:
+def claim(order_id: int, task_id: str) -> tuple[Order, list[OrderLine]] | None:
     """Take the order's lease: pending, or processing with our own or an expired lease. None if someone else holds it.
 
-    Records the attempt in the order's history and returns the order with the
-    customer fields its emails use: one statement on PostgreSQL
-    (orders.sql.CLAIM_ORDER), one transaction with the ORM elsewhere.
+    Records the attempt in the order's history and returns the order, with the
+    customer fields its emails use, and its lines by product id, each with its
+    product's SKU and name: one statement on PostgreSQL (orders.sql.CLAIM_ORDER),
+    one transaction and a query of the lines with the ORM elsewhere.
     """
     now = timezone.now()
     claim = _claim_in_one_statement if sql.in_one_statement() else _claim_with_orm
-    order = claim(order_id, task_id, now)
-    if order is None:
+    claimed = claim(order_id, task_id, now)
+    if claimed is None:
         logger.info("order %s not claimed by task %s: final, missing, or leased to another task", order_id, task_id)
-    return order
+    return claimed
 
 
-def _claim_in_one_statement(order_id: int, task_id: str, now: datetime) -> Order | None:
+def _claim_in_one_statement(order_id: int, task_id: str, now: datetime) -> tuple[Order, list[OrderLine]] | None:
     rows = fetch_rows(
         sql.CLAIM_ORDER,
         {"order_id": order_id, "task_id": task_id, "now": now, "lease_expires_at": now + settings.ORDER_LEASE_TIMEOUT},
     )
     if not rows:
         return None
-    [row] = rows
-    order = instance_from_row(Order, row)
-    customer = {name.removeprefix("customer__"): value for name, value in row.items() if name.startswith("customer__")}
+    order = instance_from_row(Order, rows[0])
+    customer = _prefixed(rows[0], "customer__")
     order.customer = instance_from_row(Order.customer.field.related_model, {"id": order.customer_id, **customer})
-    return order
+    lines = []
+    for row in rows:
+        if row["line__id"] is None:  # an order without lines: the LEFT JOIN's one row
+            continue
+        line = instance_from_row(OrderLine, {**_prefixed(row, "line__"), "order_id": order.pk})
+        line.product = instance_from_row(Product, {"id": line.product_id, **_prefixed(row, "product__")})
+        lines.append(line)
+    return order, lines
 
 
-def _claim_with_orm(order_id: int, task_id: str, now: datetime) -> Order | None:
+def _prefixed(row: dict[str, object], prefix: str) -> dict[str, object]:
+    """The row's columns named `prefix`..., without the prefix."""
+    return {name.removeprefix(prefix): value for name, value in row.items() if name.startswith(prefix)}
+
+
+def _claim_with_orm(order_id: int, task_id: str, now: datetime) -> tuple[Order, list[OrderLine]] | None:
     """claim for databases without data-modifying CTEs (SQLite): the same three writes in one transaction."""
     claimable = Q(status=Status.PENDING) | Q(status=Status.PROCESSING) & (
         Q(lease_owner=task_id) | Q(lease_expires_at__lt=now)
@@ -102,7 +114,7 @@ def _claim_with_orm(order_id: int, task_id: str, now: datetime) -> Order | None:
             message=f"attempt {order.attempts}",
             created_at=now,
         )
-    return order
+    return order, list(order.lines.select_related("product").order_by("product_id"))
 
 
 def lock_for_step(order: Order, task_id: str) -> Order:

@@ -70,13 +70,13 @@ def process_order(order_id: int, *, attempt: Attempt) -> Outcome:
 
 def _process(order_id: int, attempt: Attempt) -> Outcome:
     task_id = attempt.task_id
-    order = lease.claim(order_id, task_id)
-    if order is None:
+    claimed = lease.claim(order_id, task_id)
+    if claimed is None:
         # Final, or leased to another task. A final order's email may not have been
         # published, if this is a copy delivered again after an outage (see there).
         emails.publish_unsent(order_id)
         return Outcome.SKIPPED
-    lines = list(order.lines.select_related("product").order_by("product_id"))
+    order, lines = claimed
     try:
         try:
             if order.is_compensating:

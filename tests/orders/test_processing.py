@@ -317,8 +317,7 @@ def test_the_sweep_resends_old_pending_orders_and_expired_leases_once_per_thresh
 def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, settings) -> None:
     settings.ORDER_LEASE_TIMEOUT = timedelta(minutes=2)
     order = place(customer, (product(), 1))
-    claimed = lease.claim(order.pk, "task-1")
-    lines = list(claimed.lines.all())
+    claimed, lines = lease.claim(order.pk, "task-1")
     first_lease = claimed.lease_expires_at
 
     pipeline.reserve_stock(claimed, lines, "task-1")
@@ -337,12 +336,16 @@ def test_a_step_renews_the_lease_only_once_less_than_half_is_left(customer, sett
 def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_its_customer(customer) -> None:
     order = place(customer, (product(), 1))
 
-    claimed = lease.claim(order.pk, "task-1")
+    claimed, lines = lease.claim(order.pk, "task-1")
 
     saved = Order.objects.get(pk=order.pk)
     for field in Order._meta.concrete_fields:
         assert getattr(claimed, field.attname) == getattr(saved, field.attname), field.name
     assert claimed.customer.email == customer.email
+    [line] = order.lines.select_related("product")
+    assert [(got.pk, got.product_id, got.quantity, got.unit_price, got.product.name) for got in lines] == [
+        (line.pk, line.product_id, line.quantity, line.unit_price, line.product.name)
+    ]
     assert (saved.status, saved.lease_owner, saved.attempts) == ("processing", "task-1", 1)
     assert not claimed._state.adding
     events = list(OrderEvent.objects.filter(order=order).values_list("kind", "task_id", "message"))
@@ -352,7 +355,7 @@ def test_a_claim_takes_the_lease_records_the_attempt_and_returns_the_order_with_
     assert OrderEvent.objects.filter(order=order).count() == 1
 
     Order.objects.filter(pk=order.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    again = lease.claim(order.pk, "task-2")
+    again, _ = lease.claim(order.pk, "task-2")
     assert (again.lease_owner, again.attempts) == ("task-2", 2)
     assert OrderEvent.objects.filter(order=order).latest("id").message == "attempt 2"
 

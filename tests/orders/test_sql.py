@@ -112,12 +112,25 @@ def test_placing_in_one_statement_saves_what_the_orm_path_saves(customer, monkey
 def test_claiming_in_one_statement_does_what_the_orm_path_does_in_one_query(
     customer, monkeypatch, django_assert_num_queries
 ) -> None:
-    first, second = place(customer, (product(), 1)), place(customer, (product(), 1))
+    # Two lines each, placed with the higher product id first: the claim returns them by product id.
+    mug, cup = product(), product()
+    first, second = place(customer, (cup, 2), (mug, 1)), place(customer, (cup, 2), (mug, 1))
     with django_assert_num_queries(1):
-        claimed_in_one = lease.claim(first.pk, "task-1")
-        assert claimed_in_one.customer.email == customer.email  # loaded with the claim, no query of its own
+        claimed_in_one, lines_in_one = lease.claim(first.pk, "task-1")
+        # Loaded with the claim, no query of their own.
+        assert claimed_in_one.customer.email == customer.email
+        assert [(line.product.sku, line.product.name) for line in lines_in_one] == [(p.sku, p.name) for p in (mug, cup)]
     monkeypatch.setattr(sql, "in_one_statement", lambda: False)
-    claimed_by_orm = lease.claim(second.pk, "task-1")
+    claimed_by_orm, lines_by_orm = lease.claim(second.pk, "task-1")
+
+    def described(lines: list[OrderLine]) -> list[tuple]:
+        return [
+            (line.product_id, line.quantity, line.unit_price, line.product.sku, line.product.name) for line in lines
+        ]
+
+    assert described(lines_in_one) == described(lines_by_orm) == described(first.lines.order_by("product_id"))
+    assert [line.order_id for line in lines_in_one] == [first.pk, first.pk]
+    assert not any(line._state.adding for line in lines_in_one)
 
     varying = {"id", "created_at", "updated_at", "idempotency_key", "request_fingerprint", "lease_expires_at"}
     assert _row(Order, first.pk, varying) == _row(Order, second.pk, varying)
@@ -135,10 +148,10 @@ def test_claiming_in_one_statement_does_what_the_orm_path_does_in_one_query(
 
 
 def _claimed(order: Order, task_id: str = "task-1") -> tuple[Order, list[OrderLine]]:
-    """The order as the pipeline holds it after its claim, with its lines as the pipeline reads them."""
+    """The order and its lines as the pipeline holds them after its claim."""
     claimed = lease.claim(order.pk, task_id)
     assert claimed is not None
-    return claimed, list(claimed.lines.select_related("product").order_by("product_id"))
+    return claimed
 
 
 @pytest.fixture(params=["one statement", "orm"])
