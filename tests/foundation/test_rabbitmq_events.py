@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 from celery.events import get_exchange
-from django.conf import settings
 from kombu import Connection, Queue
 
 from config import celery_app
 from ops.broker_amqp import events_connection_name
-from tests.support.broker import rabbitmqctl, throwaway_vhost
+from tests.support.broker import rabbitmqctl
 from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [
@@ -30,12 +28,6 @@ pytestmark = [
 ]
 
 TASK = "orders.tasks.check_pending_orders"  # any task: this one finds nothing to do
-
-
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    with throwaway_vhost(settings.CELERY_BROKER_URL) as url:
-        yield url
 
 
 def listed(url: str, what: str, *columns: str) -> list[dict]:

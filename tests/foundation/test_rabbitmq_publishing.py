@@ -12,13 +12,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
 from celery.exceptions import TimeoutError as ResultTimeout
-from django.conf import settings
 from django.test import RequestFactory
 from django.utils import timezone
 from django_celery_results.models import TaskResult
@@ -35,7 +34,6 @@ from tests.support.broker import (
     project_queues,
     rabbitmqctl,
     sweep_until,
-    throwaway_vhost,
     web_sessions,
 )
 from tests.support.processes import PROJECT_ROOT, WorkerProcess, wait_for
@@ -52,12 +50,6 @@ COUNTDOWN = 6
 SWEEP = "orders.tasks.check_pending_orders"
 # RabbitMQ nacks every publish to a full queue that rejects publishes when full (quorum queues support it).
 REJECT_EVERY_PUBLISH = json.dumps({"max-length": 0, "overflow": "reject-publish"})
-
-
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    with throwaway_vhost(settings.CELERY_BROKER_URL) as url:
-        yield url
 
 
 def vhost_name(url: str) -> str:

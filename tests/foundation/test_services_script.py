@@ -117,7 +117,7 @@ def test_an_up_that_fails_part_way_stops_the_servers_it_had_started() -> None:
 # --- services.py vhost NAME: bin/bench's RabbitMQ half on a vhost of its own ----------------------------------
 
 
-def vhost(env: dict[str, str], name: str) -> subprocess.CompletedProcess[str]:
+def make_vhost(env: dict[str, str], name: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "bin/services.py", "vhost", name],
         cwd=PROJECT_ROOT,
@@ -140,7 +140,7 @@ def test_vhost_makes_a_vhost_the_urls_user_can_use_and_prints_its_url() -> None:
     name = f"test-bench-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "TEST_RABBITMQ_URL": url}
     try:
-        made = vhost(env, name)
+        made = make_vhost(env, name)
         assert made.returncode == 0, made.stderr
         printed = made.stdout.strip()
         assert urlsplit(printed)._replace(path="") == urlsplit(url)._replace(path="")
@@ -152,7 +152,7 @@ def test_vhost_makes_a_vhost_the_urls_user_can_use_and_prints_its_url() -> None:
             message.ack()
             assert message.payload == {"n": 1}
         # Asked again (the next bench): the same URL, nothing refused.
-        again = vhost(env, name)
+        again = make_vhost(env, name)
         assert (again.returncode, again.stdout.strip()) == (0, printed), again.stderr
     finally:
         rabbitmqctl(url, "delete_vhost", name)
@@ -160,7 +160,7 @@ def test_vhost_makes_a_vhost_the_urls_user_can_use_and_prints_its_url() -> None:
 
 def test_vhost_without_rabbitmqctl_exits_1_saying_why() -> None:
     env = {"PATH": "/nonexistent", "TEST_RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672//"}
-    result = vhost(env, "backoffice_bench")
+    result = make_vhost(env, "backoffice_bench")
 
     assert result.returncode == 1 and result.stdout == ""
     assert "services: rabbitmqctl add_vhost failed" in result.stderr, result.stderr

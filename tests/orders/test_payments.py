@@ -44,8 +44,8 @@ def test_the_charge_intent_is_made_only_while_the_lease_holds_and_a_retry_reuses
 
 def test_a_successful_charge_is_recorded_on_the_payment_and_checkpointed(customer) -> None:
     order = place(customer, (product(), 1))
-    claimed, _ = lease.claim(order.pk, "task-1")
-    pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
+    claimed, lines = lease.claim(order.pk, "task-1")
+    pipeline.reserve_stock(claimed, lines, "task-1")
     intent = payments.open_charge(claimed, "task-1", "key-1")
 
     payments.record_charge(claimed, intent, "task-1", "ref-1")
@@ -59,8 +59,8 @@ def test_a_successful_charge_is_recorded_on_the_payment_and_checkpointed(custome
 def test_a_charge_made_by_a_task_that_lost_its_lease_is_kept_and_not_made_again_by_the_new_holder(customer) -> None:
     mug = product(stock=5)
     order = place(customer, (mug, 1))
-    claimed, _ = lease.claim(order.pk, "task-1")
-    pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
+    claimed, lines = lease.claim(order.pk, "task-1")
+    pipeline.reserve_stock(claimed, lines, "task-1")
     intent = payments.open_charge(claimed, "task-1", payments.charge_key(claimed))
     Order.objects.filter(pk=order.pk).update(lease_owner="task-2")
 
@@ -99,8 +99,8 @@ def forgetful_gateway(settings) -> Iterator[None]:
 
 def _charged_then_lost(order: Order) -> None:
     """The state a crash right after the gateway charged leaves: the charge in the gateway's books only."""
-    claimed, _ = lease.claim(order.pk, "task-1")
-    pipeline.reserve_stock(claimed, list(claimed.lines.all()), "task-1")
+    claimed, lines = lease.claim(order.pk, "task-1")
+    pipeline.reserve_stock(claimed, lines, "task-1")
     key = payments.charge_key(claimed)
     payments.open_charge(claimed, "task-1", key)
     SandboxGateway().charge(amount=order.total, idempotency_key=key, reference=f"order:{order.pk}")
