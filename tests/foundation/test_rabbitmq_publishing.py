@@ -7,14 +7,10 @@ test makes a vhost of its own (tests/support/broker.py throwaway_vhost).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import pytest
 from celery.exceptions import TimeoutError as ResultTimeout
@@ -33,7 +29,11 @@ from tests.support.broker import (
     order_sweep_schedule,
     project_queues,
     rabbitmqctl,
+    reject_every_publish,
     sweep_until,
+    take_publishes_again,
+    until_refused,
+    vhost_name,
     web_sessions,
 )
 from tests.support.processes import PROJECT_ROOT, WorkerProcess, wait_for
@@ -48,12 +48,6 @@ pytestmark = [
 
 COUNTDOWN = 6
 SWEEP = "orders.tasks.check_pending_orders"
-# RabbitMQ nacks every publish to a full queue that rejects publishes when full (quorum queues support it).
-REJECT_EVERY_PUBLISH = json.dumps({"max-length": 0, "overflow": "reject-publish"})
-
-
-def vhost_name(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
 
 
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -159,21 +153,8 @@ def test_while_rabbitmq_takes_no_messages_a_send_gives_up_and_leaves_the_work_to
     assert "TimeoutError" in sent.stderr or "timed out" in sent.stderr  # the confirm that never came
 
 
-def until_refused(publish: Callable[[], object]) -> Exception:
-    """What `publish` raises once RabbitMQ refuses it; a quorum queue notices it is over its limit a moment late."""
-    for _ in range(50):
-        try:
-            publish()
-        except Exception as exc:  # whatever it is: it is what the callers get
-            return exc
-        time.sleep(0.1)
-    raise AssertionError("RabbitMQ took every message: it should have nacked them")
-
-
 def test_a_publish_rabbitmq_nacks_is_an_outage_503_json_on_the_api_and_a_page_elsewhere(vhost: str) -> None:
-    rabbitmqctl(
-        vhost, "set_policy", "-p", vhost_name(vhost), "--apply-to", "queues", "full", "^full$", REJECT_EVERY_PUBLISH
-    )
+    reject_every_publish(vhost, "^full$")
     full = Queue("full", routing_key="full", queue_arguments={"x-queue-type": "quorum"})
     with Connection(vhost, transport_options={"confirm_publish": True}) as conn:
         full.bind(conn.default_channel).declare()
@@ -207,9 +188,7 @@ def test_when_rabbitmq_nacks_the_web_answers_503_or_keeps_the_order_for_the_swee
         shopper, admin = web_sessions(web.base_url, customer, staff)
         placed = shopper.request("POST", "/api/orders/", {"lines": [{"sku": mug.sku, "quantity": 1}]})
         assert placed.status == 202, placed.body  # the queues exist now, declared by that first publish
-        rabbitmqctl(
-            vhost, "set_policy", "-p", vhost_name(vhost), "--apply-to", "queues", "full", ".*", REJECT_EVERY_PUBLISH
-        )
+        reject_every_publish(vhost, ".*")
         with celery_app.connection_for_write(vhost) as conn:
             until_refused(lambda: celery_app.send_task(SWEEP, connection=conn))  # the queue has noticed its limit
 
@@ -229,7 +208,7 @@ def test_when_rabbitmq_nacks_the_web_answers_503_or_keeps_the_order_for_the_swee
         )
         assert_run_now_answers_503(admin, sweep, web.output)
 
-    rabbitmqctl(vhost, "clear_policy", "-p", vhost_name(vhost), "full")
+    take_publishes_again(vhost)
     with WorkerProcess(env, concurrency=1) as worker:
         worker.wait_started()
         sweep_until(vhost, SWEEP, order, "completed", "the sweep to send the order once RabbitMQ takes messages again")

@@ -274,3 +274,31 @@ def throwaway_vhost(url: str) -> Iterator[str]:
         yield parts._replace(path=f"/{name}").geturl()
     finally:
         rabbitmqctl(url, "delete_vhost", name)
+
+
+# A policy under which RabbitMQ nacks every publish to the queues it applies to (quorum queues support it).
+REJECT_EVERY_PUBLISH = json.dumps({"max-length": 0, "overflow": "reject-publish"})
+
+
+def vhost_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def reject_every_publish(url: str, queues: str) -> None:
+    """Make RabbitMQ nack every publish to the queues whose names match the regex `queues` on the vhost of `url`."""
+    rabbitmqctl(url, "set_policy", "-p", vhost_name(url), "--apply-to", "queues", "full", queues, REJECT_EVERY_PUBLISH)
+
+
+def take_publishes_again(url: str) -> None:
+    rabbitmqctl(url, "clear_policy", "-p", vhost_name(url), "full")
+
+
+def until_refused(publish: Callable[[], object]) -> Exception:
+    """What `publish` raises once RabbitMQ refuses it; a quorum queue notices it is over its limit a moment late."""
+    for _ in range(50):
+        try:
+            publish()
+        except Exception as exc:  # whatever it is: it is what the callers get
+            return exc
+        time.sleep(0.1)
+    raise AssertionError("RabbitMQ took every message: it should have nacked them")
