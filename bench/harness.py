@@ -55,6 +55,14 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def ratio(value: float) -> float:
+    """A ratio a target is checked against, as reported: three decimals.
+
+    With two, a median efficiency of 0.498 was reported, and checked, as a met 0.5.
+    """
+    return round(value, 3)
+
+
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
     deadline = time.monotonic() + timeout
     while True:

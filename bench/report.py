@@ -130,11 +130,19 @@ def document(results: dict, *, quick: bool, smtp_server: str) -> dict:
         "versions": versions(),
         "bench_settings": {**PRODUCT_ENV, "smtp_server": smtp_server},
         "results": results,
-        "targets": [
-            {"target": t.label, "wanted": t.wanted, "value": t.check(results)[0], "verdict": t.check(results)[1]}
-            for t in TARGETS
-        ],
+        "targets": target_rows(results),
     }
+
+
+def target_rows(results: dict) -> list[dict]:
+    return [
+        {"target": t.label, "wanted": t.wanted, "value": t.check(results)[0], "verdict": t.check(results)[1]}
+        for t in TARGETS
+    ]
+
+
+def target_line(target: dict) -> str:
+    return f"  {target['verdict']:<12} {target['target']}: {_fmt(target['value'], 3)} (wanted {target['wanted']})"
 
 
 def write(doc: dict, path: Path) -> None:
@@ -176,7 +184,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                     f"orders/s (T = {result['tasks_per_order']} tasks/order)",
                     _fmt(result["median"]),
                     f"floor {_fmt(result.get('floor'), 0)} tasks/s",
-                    f"eff. {_fmt(result.get('efficiency'), 2)}",
+                    f"eff. {_fmt(result.get('efficiency'), 3)}",
                 )
             )
             out.append(
@@ -302,8 +310,5 @@ def table(doc: dict) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
 
     lines += [line(header), line(tuple("-" * w for w in widths)), *map(line, body), "", "Targets:"]
-    for target in doc["targets"]:
-        lines.append(
-            f"  {target['verdict']:<12} {target['target']}: {_fmt(target['value'], 2)} (wanted {target['wanted']})"
-        )
+    lines += [target_line(target) for target in doc["targets"]]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ own send_notification task over its own connection.
 
 from __future__ import annotations
 
-from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.harness import flush_broker, log, median, ratio, reset_tables, wait_until
 from bench.processes import running_worker, smtp_sink
 
 ROUND_TIMEOUT = 1800
@@ -113,6 +113,6 @@ def run(env: dict[str, str], quick: bool) -> dict:
         "median": round(rate, 1),
         "baseline_rounds": [round(value, 1) for value in baseline],
         "baseline_median": round(base, 1),
-        "ratio": round(rate / base, 2),
+        "ratio": ratio(rate / base),
         "worker_peak_rss_mb": {str(small): small_round["rss"], str(large): chunked[-1]["rss"]},
     }

@@ -15,7 +15,7 @@ import sys
 import time
 from http.cookies import SimpleCookie
 
-from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.harness import flush_broker, log, median, ratio, reset_tables, wait_until
 from bench.processes import Process, free_port
 from bench.scenarios.pipeline import prepare_catalogue
 
@@ -178,6 +178,6 @@ def run(env: dict[str, str], quick: bool) -> dict:
         "baseline_p99_ms": round(median([b[1] for b in base]), 2),
         "p50_ratio_rounds": [round(r, 2) for r in p50_ratios],
         "p99_ratio_rounds": [round(r, 2) for r in p99_ratios],
-        "p50_ratio": round(median(p50_ratios), 2),
-        "p99_ratio": round(median(p99_ratios), 2),
+        "p50_ratio": ratio(median(p50_ratios)),
+        "p99_ratio": ratio(median(p99_ratios)),
     }

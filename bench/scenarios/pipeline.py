@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.harness import flush_broker, log, median, ratio, reset_tables, wait_until
 from bench.processes import PREFORK_TODAY, WorkerSpec, running_workers, smtp_sink
 
 ROUND_TIMEOUT = 900
@@ -144,7 +144,7 @@ def run(env: dict[str, str], quick: bool) -> dict:
         "floor_rounds": [round(rate, 1) for rate in floors],
         "floor": round(median(floors), 1),
         "efficiency_rounds": [round(value, 3) for value in efficiencies],
-        "efficiency": round(median(efficiencies), 2),
+        "efficiency": ratio(median(efficiencies)),
         "stock_rounds": [round(r["orders_per_second"], 1) for r in stock],
         "stock_median": round(median([r["orders_per_second"] for r in stock]), 1),
         "vs_stock_rounds": [round(value, 2) for value in vs_stock],

@@ -18,7 +18,7 @@ workers' total peak RSS (every process) ÷ today's; `zero_ratio` is shipped at
 
 from __future__ import annotations
 
-from bench.harness import log, median
+from bench.harness import log, median, ratio
 from bench.processes import PREFORK_TODAY, shipped_workers
 from bench.scenarios import pipeline
 
@@ -68,11 +68,11 @@ def run(env: dict[str, str], quick: bool) -> dict:
         "zero_ms_rounds": [round(rate, 1) for rate in rates(fast)],
         "zero_ms_median": round(median(rates(fast)), 1),
         "ratio_rounds": [round(value, 3) for value in ratios],
-        "ratio": round(median(ratios), 2),
+        "ratio": ratio(median(ratios)),
         "zero_ratio_rounds": [round(value, 3) for value in zero_ratios],
-        "zero_ratio": round(median(zero_ratios), 2),
+        "zero_ratio": ratio(median(zero_ratios)),
         "rss_ratio_rounds": [round(value, 3) for value in rss_ratios],
-        "rss_ratio": round(median(rss_ratios), 2),
+        "rss_ratio": ratio(median(rss_ratios)),
         "today_rss_mb": round(median([r["rss_total_mb"] for r in today]), 1),
         "shipped_rss_mb": round(median([r["rss_total_mb"] for r in slow]), 1),
         "today_cpu_ms_per_order": round(median([r["cpu_ms_per_order"] for r in today]), 1),

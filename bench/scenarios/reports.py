@@ -12,7 +12,7 @@ import time
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bench.harness import flush_broker, log, median, reset_tables, wait_until
+from bench.harness import flush_broker, log, median, ratio, reset_tables, wait_until
 from bench.processes import running_worker
 
 MONTH_START, MONTH_END = date(2025, 1, 1), date(2025, 1, 31)
@@ -129,7 +129,7 @@ def run(env: dict[str, str], quick: bool) -> dict:
         "aggregation_s": round(aggregation, 2),
         "whole_s": round(whole, 2),
         "bare_s": round(base, 3),
-        "aggregation_ratio": round(aggregation / base, 2),
-        "whole_ratio": round(whole / base, 2),
+        "aggregation_ratio": ratio(aggregation / base),
+        "whole_ratio": ratio(whole / base),
         "worker_peak_rss_mb": peak,
     }

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from bench import report
+from bench.harness import median, ratio
 from tests.support.processes import PROJECT_ROOT
 
 MEASURED = {
@@ -58,11 +59,20 @@ def test_an_upper_bound_is_met_at_the_limit_and_missed_above_it() -> None:
     assert verdicts({"reports": {"aggregation_ratio": 1.51}})["aggregation_ratio"] == "MISSED"
 
 
+def test_a_ratio_just_under_its_target_is_reported_and_checked_as_missed_not_rounded_up() -> None:
+    efficiency = ratio(median([0.498, 0.492, 0.518]))  # the three rounds of a full run on RabbitMQ
+
+    assert efficiency == 0.498
+    assert verdicts({"pipeline": {"efficiency": efficiency}})["efficiency"] == "MISSED"
+    [row] = [row for row in report.target_rows({"pipeline": {"efficiency": efficiency}}) if row["value"] is not None]
+    assert report.target_line(row).endswith(f"MISSED       {row['target']}: 0.498 (wanted ≥ 0.5)")
+
+
 def test_a_failed_scenario_shows_in_the_table_with_its_error() -> None:
     rows = report.rows(MEASURED)
     assert rows[-1][:2] == ("Enqueue latency", "FAILED")
     assert "timed out" in rows[-1][2]
-    assert any(row[0] == "Order pipeline" and row[4] == "eff. 0.40" for row in rows)
+    assert any(row[0] == "Order pipeline" and row[4] == "eff. 0.400" for row in rows)
 
 
 def test_the_command_explains_itself() -> None:
