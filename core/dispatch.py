@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -32,7 +33,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import MasterDownError, NoPermissionError
 
 from config import celery_app
-from core import delayed_delivery
+from core import confirms, delayed_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,20 @@ def send(
     task_id: str | None = None,
     countdown: float | None = None,
     expires: datetime | float | None = None,
+    confirm_later: bool = False,
 ) -> bool:
-    """Send task `name` now. False, with a warning logged, when the broker cannot take it."""
+    """Send task `name` now. False, with a warning logged, when the broker cannot take it.
+
+    With `confirm_later`, inside a task run by a worker, the publisher confirm is
+    waited for when the task has ended (settle_confirms), not here.
+    """
+    settlement = _settlement.get() if confirm_later else None
+    options = {"task_id": task_id, "countdown": countdown, "expires": expires}
     try:
-        task(name).apply_async(args, kwargs, task_id=task_id, countdown=countdown, expires=expires)
+        if settlement is None:
+            task(name).apply_async(args, kwargs, **options)
+        else:
+            settlement.send(task(name), args, kwargs, about=f"{name}{list(args)}", **options)
     except BROKER_ERRORS as exc:
         if not broker_unavailable(exc):
             raise
@@ -115,9 +126,91 @@ def send(
 
 
 def send_on_commit(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> None:
-    """Send task `name` once the current transaction commits (at once outside one); never raises into the caller."""
+    """Send task `name` once the current transaction commits (at once outside one); never raises into the caller.
+
+    Nothing waits for what it returns, so in a worker its publisher confirm is
+    waited for at the end of the task (settle_confirms).
+    """
     task(name)  # an unknown name fails here, in the caller, not after its commit
-    transaction.on_commit(partial(send, name, args, kwargs, **options), robust=True)
+    transaction.on_commit(partial(send, name, args, kwargs, confirm_later=True, **options), robust=True)
+
+
+class _Settlement:
+    """The publishes of one task run whose confirms wait for its end: the producer they went through, and what."""
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.nested = 0  # tasks run eagerly inside this one: theirs are settled with this task's
+        # Each channel published on, with what went through it: a publish that lost its
+        # connection and went again through a new one leaves the old channel here, whose
+        # wait then fails, so that nothing published on it goes unmentioned.
+        self.sent: dict[Any, list[str]] = {}
+
+    def send(self, task: Task, args: Sequence[Any], kwargs: dict[str, Any] | None, about: str, **options: Any) -> None:
+        if self.producer is None:
+            # Held until the task ends: no other thread of a threads worker may use its channel meanwhile.
+            self.producer = celery_app.producer_pool.acquire(block=True)
+        with confirms.later():
+            task.apply_async(args, kwargs, producer=self.producer, **options)
+        self.sent.setdefault(self.producer.channel, []).append(about)
+
+    def settle(self) -> bool:
+        settled = True
+        try:
+            for channel, sent in self.sent.items():
+                wait = getattr(channel, "wait_for_confirms", None)  # only RabbitMQ's channel leaves confirms for later
+                if wait is None:
+                    continue
+                try:
+                    wait()
+                except BROKER_ERRORS as exc:
+                    if not broker_unavailable(exc):
+                        raise
+                    settled = False
+                    logger.warning(
+                        "broker unavailable, no confirm for %s; the sweeps send again what was lost: %s",
+                        ", ".join(sent),
+                        _why(exc),
+                    )
+        finally:
+            if self.producer is not None:
+                self.producer.release()
+        return settled
+
+
+_settlement: ContextVar[_Settlement | None] = ContextVar("dispatch_settlement", default=None)
+
+
+def confirm_at_end() -> None:
+    """From now until settle_confirms(), sends made on commit leave their publisher confirm for later.
+
+    A worker calls it as each task starts (ops.worker): the wait for RabbitMQ to
+    confirm the next piece of work's message then overlaps the storing of the
+    task's own result, instead of coming before it (core.confirms).
+    """
+    settlement = _settlement.get()
+    if settlement is None:
+        _settlement.set(_Settlement())
+    else:
+        settlement.nested += 1
+
+
+def settle_confirms() -> bool:
+    """Wait for the confirms left for later since confirm_at_end(); False, logged, when some never came.
+
+    A worker calls it when the task has ended, its result stored, before the task's
+    own message is acknowledged. What RabbitMQ refused, or did not confirm before
+    the connection was lost, is what a broker outage leaves: the rows stay, their
+    sweeps send them again, and a lost connection leaves the task unacknowledged too.
+    """
+    settlement = _settlement.get()
+    if settlement is None:
+        return True
+    if settlement.nested:
+        settlement.nested -= 1
+        return True
+    _settlement.set(None)
+    return settlement.settle()
 
 
 def signature(

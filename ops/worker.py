@@ -1,4 +1,4 @@
-"""Signal handlers that run inside worker processes: database connections and structured task logs."""
+"""Signal handlers that run inside worker processes: database connections, publisher confirms, structured task logs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from celery import Task, signals
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from core import dispatch
 from core.sockets import is_quiet
 from ops.catalog import subject_ref
 
@@ -18,6 +19,8 @@ logger = logging.getLogger("ops.tasks")
 _started: dict[str, float] = {}
 # True in a prefork worker's main process, whose children run the tasks (see ops.result_backend).
 _pool_main_process = False
+# True in a prefork worker's child, which runs one task at a time.
+_pool_child = False
 
 
 @signals.worker_init.connect(dispatch_uid="ops.worker.note_pool_main_process")
@@ -30,8 +33,9 @@ def note_pool_main_process(sender: Any = None, **kwargs: Any) -> None:
 
 @signals.worker_process_init.connect(dispatch_uid="ops.worker.note_pool_child")
 def note_pool_child(**kwargs: Any) -> None:
-    global _pool_main_process
+    global _pool_main_process, _pool_child
     _pool_main_process = False
+    _pool_child = True
 
 
 def in_pool_main_process() -> bool:
@@ -73,6 +77,26 @@ def _server_said_nothing(connection: BaseDatabaseWrapper) -> bool:
     except (AttributeError, psycopg.Error):
         return False
     return is_quiet(sock)
+
+
+@signals.task_prerun.connect(dispatch_uid="ops.worker.confirm_at_end")
+def confirm_at_end(**kwargs: Any) -> None:
+    """In a prefork child, the task's sends on commit wait for their publisher confirms once it has ended.
+
+    See core.confirms. A prefork child runs one task at a time, so a wait there
+    holds up its next task. A threads worker's other threads go on while one waits;
+    and each of its threads would hold a producer of the worker's pool
+    (broker_pool_limit, 10) from its send to its end, where a thread that then
+    needs a second one could wait for ever on the others. Its sends wait at once.
+    """
+    if _pool_child:
+        dispatch.confirm_at_end()
+
+
+@signals.task_postrun.connect(dispatch_uid="ops.worker.settle_confirms")
+def settle_confirms(**kwargs: Any) -> None:
+    """After the task's result is stored and before its message is acknowledged: see core.dispatch.settle_confirms."""
+    dispatch.settle_confirms()
 
 
 @signals.task_prerun.connect(dispatch_uid="ops.worker.start_clock")
