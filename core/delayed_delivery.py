@@ -17,7 +17,9 @@ A process declares once, so a broker that lost the topology after that (a node
 reset, a vhost recreated) refuses this process's next countdown with NOT_FOUND.
 dispatch.send then calls declare_again(): that countdown follows the outage
 policy (its sweep sends the work), and the next one declares the topology first.
-Workers need none of this: they declare it again whenever they reconnect.
+Workers need none of this: they declare it again whenever they reconnect. As a
+worker starts, though, the task queues are declared here first
+(declare_as_a_worker_starts), for Celery's set-up binds queues nobody declared yet.
 """
 
 from __future__ import annotations
@@ -80,6 +82,32 @@ def declare_before_the_first_countdown(exchange: Any = None, **_: Any) -> None:
             logger.warning("could not declare RabbitMQ's delayed delivery before a countdown: %r", exc)
             return
         _declared = True
+
+
+@signals.worker_init.connect(dispatch_uid="core.delayed_delivery.declare_as_a_worker_starts")
+def declare_as_a_worker_starts(**_: Any) -> None:
+    """Declare every task queue, and bind it, before the worker's own delayed-delivery set-up does.
+
+    Celery's DelayedDelivery bootstep binds every configured queue, declared or
+    not: a worker that takes one queue (compose runs one per queue), started first
+    on a new vhost, failed on the queues nobody had declared yet and logged
+    "Failed to setup delayed delivery for all broker URLs" (CRITICAL). Declared
+    here first, they exist when it binds them. A broker error is logged and left
+    to the worker, which connects and retries on its own.
+    """
+    from django.conf import settings
+
+    if not settings.BROKER_IS_RABBITMQ:
+        return
+    from config import celery_app
+    from core.dispatch import BROKER_ERRORS
+
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            declare(conn)
+    except BROKER_ERRORS as exc:
+        logger.warning("could not declare the task queues as the worker starts: %r", exc)
 
 
 def declare_again() -> None:

@@ -93,6 +93,24 @@ def test_on_a_vhost_no_worker_ever_used_a_countdown_waits_in_rabbitmq_and_runs_w
             assert TaskResult.objects.get(task_id=task_id).date_done >= sent_at + timedelta(seconds=COUNTDOWN)
 
 
+def test_a_worker_taking_one_queue_started_first_on_a_new_vhost_binds_every_queue_for_delayed_delivery(
+    process_env: dict[str, str], vhost: str
+) -> None:
+    # Compose runs a worker per queue; the first to start on a new vhost meets queues nobody declared yet.
+    with WorkerProcess({**process_env, "CELERY_BROKER_URL": vhost}, queues="default", concurrency=1) as worker:
+        worker.wait_started()
+        output = worker.output()
+
+    assert "Failed to bind queue" not in output, output[-3000:]
+    assert "Failed to setup delayed delivery" not in output, output[-3000:]
+    # Kombu binds each queue to its exchange under "#.<routing key>", where delayed messages come back to it.
+    listed = rabbitmqctl(
+        vhost, "list_bindings", "-p", vhost_name(vhost), "source_name", "destination_name", "routing_key", "-q"
+    )
+    bindings = {tuple(line.split()) for line in listed.splitlines()}
+    assert {("tasks", queue, f"#.{queue}") for queue in project_queues()} <= bindings, listed
+
+
 def test_a_countdown_the_broker_refuses_is_left_to_the_sweep_like_an_outage(
     process_env: dict[str, str], vhost: str
 ) -> None:
