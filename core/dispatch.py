@@ -11,7 +11,9 @@ is a database row before it is a message (an order, an outbox email, a report,
 a campaign); the message only wakes a worker. When the broker cannot take a
 message, sending logs a warning and returns False: the row stays as it is, and
 the periodic sweep of that kind of work sends it again. Nothing is raised into
-a web request, or after a transaction that already committed.
+a web request, or after a transaction that already committed. A prefork child's
+sends on commit learn of a refusal by RabbitMQ only when their task has ended
+(settle_confirms): the same warning then names them, and the same sweeps apply.
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ def send(
 ) -> bool:
     """Send task `name` now. False, with a warning logged, when the broker cannot take it.
 
-    With `confirm_later`, inside a task run by a worker, the publisher confirm is
-    waited for when the task has ended (settle_confirms), not here.
+    With `confirm_later`, while a prefork child runs a task (confirm_at_end), the
+    publisher confirm is waited for when the task has ended (settle_confirms), not here.
     """
     settlement = _settlement.get() if confirm_later else None
     options = {"task_id": task_id, "countdown": countdown, "expires": expires}
@@ -128,8 +130,8 @@ def send(
 def send_on_commit(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> None:
     """Send task `name` once the current transaction commits (at once outside one); never raises into the caller.
 
-    Nothing waits for what it returns, so in a worker its publisher confirm is
-    waited for at the end of the task (settle_confirms).
+    Nothing waits for what it returns, so in a prefork child its publisher confirm
+    is waited for at the end of the task (settle_confirms).
     """
     task(name)  # an unknown name fails here, in the caller, not after its commit
     transaction.on_commit(partial(send, name, args, kwargs, confirm_later=True, **options), robust=True)
@@ -184,7 +186,7 @@ _settlement: ContextVar[_Settlement | None] = ContextVar("dispatch_settlement", 
 def confirm_at_end() -> None:
     """From now until settle_confirms(), sends made on commit leave their publisher confirm for later.
 
-    A worker calls it as each task starts (ops.worker): the wait for RabbitMQ to
+    A prefork child calls it as each task starts (ops.worker): the wait for RabbitMQ to
     confirm the next piece of work's message then overlaps the storing of the
     task's own result, instead of coming before it (core.confirms).
     """
