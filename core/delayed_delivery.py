@@ -68,20 +68,9 @@ def declare_before_the_first_countdown(exchange: Any = None, **_: Any) -> None:
     global _declared
     if _declared or getattr(exchange, "name", exchange) != DELAY_EXCHANGE:
         return
-    from config import celery_app
-    from core.dispatch import BROKER_ERRORS
-
     with _lock:
-        if _declared:
-            return
-        try:
-            with celery_app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1)
-                declare(conn)
-        except BROKER_ERRORS as exc:
-            logger.warning("could not declare RabbitMQ's delayed delivery before a countdown: %r", exc)
-            return
-        _declared = True
+        if not _declared:
+            _declared = _declare_on_the_broker("RabbitMQ's delayed delivery before a countdown")
 
 
 @signals.worker_init.connect(dispatch_uid="core.delayed_delivery.declare_as_a_worker_starts")
@@ -97,8 +86,12 @@ def declare_as_a_worker_starts(**_: Any) -> None:
     """
     from django.conf import settings
 
-    if not settings.BROKER_IS_RABBITMQ:
-        return
+    if settings.BROKER_IS_RABBITMQ:
+        _declare_on_the_broker("the task queues as the worker starts")
+
+
+def _declare_on_the_broker(what: str) -> bool:
+    """declare() on this process's broker; False, with a warning naming `what`, when the broker cannot."""
     from config import celery_app
     from core.dispatch import BROKER_ERRORS
 
@@ -107,7 +100,9 @@ def declare_as_a_worker_starts(**_: Any) -> None:
             conn.ensure_connection(max_retries=1)
             declare(conn)
     except BROKER_ERRORS as exc:
-        logger.warning("could not declare the task queues as the worker starts: %r", exc)
+        logger.warning("could not declare %s: %r", what, exc)
+        return False
+    return True
 
 
 def declare_again() -> None:
