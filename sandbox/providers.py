@@ -24,9 +24,11 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import F
+from django.utils import timezone
 
-from core.db import insert_unless_exists
+from core.db import fetch_rows, insert_unless_exists
 from orders.providers import PermanentProviderError, ProviderResult, TransientProviderError
+from sandbox import sql
 from sandbox.models import SandboxFault, SandboxLedgerEntry
 
 logger = logging.getLogger(__name__)
@@ -48,19 +50,30 @@ def _wait_like_a_network_call() -> None:
 
 
 def _simulate_call(reference: str, operation: str, *, random_faults: bool) -> str | None:
-    """Wait like a network call, then raise a scripted or random failure. Returns a fault to apply after.
+    """Wait like a network call, then raise a scripted or random failure. Returns a fault to apply after."""
+    fault = _take_fault(reference, operation)
+    if fault is None and random_faults:
+        fault = _draw_random_fault()
+    return _answer(operation, fault)
+
+
+def _draw_random_fault() -> str | None:
+    """A failure drawn at PAYMENT_SANDBOX_TRANSIENT_RATE / PAYMENT_SANDBOX_DECLINE_RATE, or None."""
+    roll = random.random()  # noqa: S311 - simulated failures, not security
+    if roll < settings.PAYMENT_SANDBOX_TRANSIENT_RATE:
+        return SandboxFault.Fault.TRANSIENT
+    if roll < settings.PAYMENT_SANDBOX_TRANSIENT_RATE + settings.PAYMENT_SANDBOX_DECLINE_RATE:
+        return SandboxFault.Fault.DECLINE
+    return None
+
+
+def _answer(operation: str, fault: str | None) -> str | None:
+    """Wait like a network call and raise the failure `fault` calls for; returns a fault to apply after.
 
     Like a real provider's client, the call gives up after PROVIDER_TIMEOUT: a
     provider that does not answer (the "hang" fault, or a latency at least that
     long) costs the timeout and ends as a transient error, which the task retries.
     """
-    fault = _take_fault(reference, operation)
-    if fault is None and random_faults:
-        roll = random.random()  # noqa: S311 - simulated failures, not security
-        if roll < settings.PAYMENT_SANDBOX_TRANSIENT_RATE:
-            fault = SandboxFault.Fault.TRANSIENT
-        elif roll < settings.PAYMENT_SANDBOX_TRANSIENT_RATE + settings.PAYMENT_SANDBOX_DECLINE_RATE:
-            fault = SandboxFault.Fault.DECLINE
     timeout = settings.PROVIDER_TIMEOUT.total_seconds()
     wait = timeout if fault == SandboxFault.Fault.HANG else settings.PAYMENT_SANDBOX_LATENCY_MS / 1000
     if wait >= timeout:
@@ -84,9 +97,14 @@ def _crash_if(fault: str | None) -> None:
 def _earlier(kind: str, idempotency_key: str, amount: Decimal) -> SandboxLedgerEntry | None:
     """The entry a request with this key already made, checked against this request; None for a new key."""
     entry = SandboxLedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
-    if entry is not None and (entry.kind != kind or entry.amount != amount):
-        raise PermanentProviderError(f"idempotency key {idempotency_key} was used for a different request")
+    if entry is not None:
+        _check_same_request(entry, kind, amount)
     return entry
+
+
+def _check_same_request(entry: SandboxLedgerEntry, kind: str, amount: Decimal) -> None:
+    if entry.kind != kind or entry.amount != amount:
+        raise PermanentProviderError(f"idempotency key {entry.idempotency_key} was used for a different request")
 
 
 def _record(kind: str, idempotency_key: str, reference: str, amount: Decimal, **extra: object) -> SandboxLedgerEntry:
@@ -96,9 +114,40 @@ def _record(kind: str, idempotency_key: str, reference: str, amount: Decimal, **
     # A conflict is a retry, or a concurrent call that won the insert.
     if not insert_unless_exists(entry):
         entry = SandboxLedgerEntry.objects.get(idempotency_key=idempotency_key)
-    if entry.kind != kind or entry.amount != amount:
-        raise PermanentProviderError(f"idempotency key {idempotency_key} was used for a different request")
+    _check_same_request(entry, kind, amount)
     return entry
+
+
+def _charge_in_one_statement(amount: Decimal, idempotency_key: str, reference: str) -> ProviderResult:
+    """SandboxGateway.charge on PostgreSQL: sandbox.sql.CHARGE, its three statements in one round trip."""
+    drawn = _draw_random_fault()  # used only when no fault is scripted, as on the ORM path
+    params = {
+        "idempotency_key": idempotency_key,
+        "reference": reference,
+        "amount": amount,
+        "now": timezone.now(),
+        "random_fault": drawn,
+    }
+    [row] = fetch_rows(sql.CHARGE, params)
+    charge = SandboxLedgerEntry.Kind.CHARGE
+    if row["earlier_id"] is not None:
+        earlier = SandboxLedgerEntry(
+            pk=row["earlier_id"],
+            kind=row["earlier_kind"],
+            amount=row["earlier_amount"],
+            idempotency_key=idempotency_key,
+        )
+        _check_same_request(earlier, charge, amount)
+        _wait_like_a_network_call()
+        return ProviderResult(reference=earlier.provider_reference)
+    after = _answer("charge", row["fault"] or drawn)
+    if row["recorded_id"] is None:
+        # A concurrent request with the same key recorded the charge first.
+        entry = _record(charge, idempotency_key, reference, amount)
+    else:
+        entry = SandboxLedgerEntry(pk=row["recorded_id"], kind=charge)
+    _crash_if(after)
+    return ProviderResult(reference=entry.provider_reference)
 
 
 class SandboxGateway:
@@ -108,6 +157,8 @@ class SandboxGateway:
     # as a real gateway answers it: a retry after a crash that followed a
     # successful charge must learn of that charge, never meet a decline.
     def charge(self, *, amount: Decimal, idempotency_key: str, reference: str) -> ProviderResult:
+        if sql.in_one_statement():
+            return _charge_in_one_statement(amount, idempotency_key, reference)
         if (earlier := _earlier(SandboxLedgerEntry.Kind.CHARGE, idempotency_key, amount)) is not None:
             _wait_like_a_network_call()
             return ProviderResult(reference=earlier.provider_reference)
